@@ -1,0 +1,139 @@
+"""The ``haloflow`` command line: ``run`` a spec, or run the ``demo``.
+
+Bad input is checked before anything starts and answered with a short message
+and exit code 2; Prefect is imported only once the API for the run is chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("haloflow: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="haloflow", description="Image pipelines on chunks, as Prefect flows on Dask.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline spec (YAML)")
+    run.add_argument("spec", help="the spec file")
+    run.add_argument("--output", help="output folder (overrides the spec's)")
+    _cluster_options(run)
+    run.set_defaults(handler=cmd_run)
+
+    demo = sub.add_parser("demo", help="make a synthetic volume and run gaussian -> otsu -> label -> measure on it")
+    demo.add_argument("--output", default="haloflow-demo", help="output folder (default: ./haloflow-demo)")
+    demo.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"), help="volume shape (default 128 512 512)")
+    _cluster_options(demo)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _cluster_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", default=None, help="address of an existing Dask scheduler (tcp://host:port)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes of the local cluster (default: one per core)")
+
+
+def cmd_run(args) -> int:
+    from flows.spec import SpecError, load_spec
+    from tasks.io import InputError, list_batch_images, resolve_input
+
+    try:
+        spec = load_spec(args.spec)
+        if args.output:
+            spec = spec.model_copy(update={"output": args.output})
+        if spec.flow == "batch":
+            list_batch_images(spec.input)
+        else:
+            resolve_input(spec.to_input())
+        _check_output(spec.output)
+    except (SpecError, InputError) as error:
+        return _bad_input(error)
+    return _run(spec, args)
+
+
+def cmd_demo(args) -> int:
+    from flows.demo import DEMO_SHAPE, demo_spec, write_demo_tiff
+    from flows.spec import load_spec
+
+    output = Path(args.output).absolute()
+    try:
+        _check_output(str(output))
+    except ValueError as error:
+        return _bad_input(error)
+    shape = tuple(args.shape or DEMO_SHAPE)
+    started = time.perf_counter()
+    source = write_demo_tiff(output / "demo_volume.tif", shape)
+    print(f"haloflow demo: wrote a synthetic {'x'.join(map(str, shape))} uint16 volume to {source} "
+          f"({time.perf_counter() - started:.1f} s)")
+    spec = load_spec(demo_spec(str(source), str(output)))
+    if shape != DEMO_SHAPE:
+        spec = spec.model_copy(update={"chunks": [max(1, s // 2) for s in shape]})
+    return _run(spec, args)
+
+
+def _run(spec, args) -> int:
+    from flows.runner import ensure_api
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    started = time.perf_counter()
+    with ensure_api(home=_server_home()):
+        from flows.pipeline import batch_flow, large_image_flow
+        from flows.runner import make_task_runner
+
+        flow = batch_flow if spec.flow == "batch" else large_image_flow
+        runner = make_task_runner(cluster=args.cluster, n_workers=None if args.cluster else args.workers)
+        result = flow.with_options(task_runner=runner)(
+            input=spec.input, steps=spec.steps, output=spec.output, chunks=spec.chunks
+        )
+    print_summary(result, time.perf_counter() - started)
+    return 0
+
+
+def print_summary(result: dict, seconds: float) -> None:
+    for stage in result["stages"]:
+        ref = stage.get("ref", {})
+        where = ref.get("store") or ref.get("path") or f"{len(stage.get('images', {}))} images"
+        found = stage.get("info") or {}
+        extra = ", ".join(f"{k} {v}" for k, v in found.items())
+        print(f"  {stage['name']:<20} {stage['status']:<9} {stage['seconds']:7.1f} s  {where}" + (f"  ({extra})" if extra else ""))
+    objects = [s["info"]["objects"] for s in result["stages"] if "objects" in (s.get("info") or {})]
+    found = f"; found {objects[-1]} objects" if objects else ""
+    print(f"haloflow: done in {seconds:.1f} s{found}; results in {result['output']} (run record: {result['run_json']})")
+
+
+def _check_output(output: str) -> None:
+    path = Path(output).expanduser()
+    if path.exists() and not path.is_dir():
+        from tasks.io import InputError
+
+        raise InputError(f"output {path} is a file, not a folder")
+
+
+def _server_home() -> Path:
+    """The Prefect home of the run's own local server, kept between runs (a warm database starts faster)."""
+    default = Path.home() / ".cache" / "haloflow" / "prefect"
+    return Path(os.environ.get("HALOFLOW_PREFECT_HOME", default))
+
+
+def _bad_input(error: Exception) -> int:
+    print(f"haloflow: {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

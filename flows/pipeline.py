@@ -1,0 +1,90 @@
+"""The two Prefect flows, ``large-image`` and ``batch``: they only compose stage tasks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.record import RunRecord, prepare_output, stage_key
+from flows.runner import make_task_runner
+from flows.spec import InputField, PipelineSpec, Step, step_name
+from tasks import io
+from tasks.stages import batch_image_stage, batch_table_stage, image_stage, table_stage
+
+
+@flow(name="large-image", task_runner=make_task_runner(), log_prints=False, validate_parameters=True)
+def large_image_flow(
+    input: InputField,
+    steps: list[Step],
+    output: str,
+    chunks: list[int] | None = None,
+) -> dict[str, Any]:
+    """One image too large for memory: every step over chunks, exact across chunk borders."""
+    spec = PipelineSpec(flow="large_image", input=input, steps=steps, output=output, chunks=chunks)
+    source = io.resolve_input(spec.to_input())
+    out = prepare_output(spec.output)
+    record = RunRecord.start(spec, out)
+    logger = get_run_logger()
+    images: dict[str, Any] = {"input": source}
+    upstream: Any = source
+    for number, step in enumerate(spec.steps, start=1):
+        key = stage_key(number, step)
+        if step.op == "measure":
+            intensity = images[step.intensity] if step.intensity else None
+            result = table_stage.submit(step, upstream, str(out / f"{key}.csv"), key, intensity).result()
+        else:
+            first_chunks = spec.chunks if upstream is source else None
+            result = image_stage.submit(step, upstream, str(out / f"{key}.ome.zarr"), key, first_chunks).result()
+            upstream = result.ref
+            images.setdefault(step_name(step), result.ref)
+        record.add_stage(number, step, result)
+        logger.info("%s: %s in %.1f s %s", key, result.status, result.seconds, result.info or "")
+    return record.finish()
+
+
+@flow(name="batch", task_runner=make_task_runner(), log_prints=False, validate_parameters=True)
+def batch_flow(
+    input: str,
+    steps: list[Step],
+    output: str,
+    chunks: list[int] | None = None,
+) -> dict[str, Any]:
+    """Many images, each processed on its own; tables joined with an ``image`` column first."""
+    spec = PipelineSpec(flow="batch", input=input, steps=steps, output=output, chunks=chunks)
+    paths = io.list_batch_images(spec.input)
+    sources = {stem: io.resolve_input(str(path)) for stem, path in image_stems(paths).items()}
+    out = prepare_output(spec.output)
+    record = RunRecord.start(spec, out, images=list(sources))
+    logger = get_run_logger()
+    images: dict[str, dict[str, Any]] = {"input": dict(sources)}
+    upstream: dict[str, Any] = dict(sources)
+    for number, step in enumerate(spec.steps, start=1):
+        key = stage_key(number, step)
+        started = time.perf_counter()
+        if step.op == "measure":
+            intensity = images[step.intensity] if step.intensity else None
+            result = batch_table_stage.submit(step, upstream, str(out / f"{key}.csv"), key, intensity).result()
+            record.add_stage(number, step, result, seconds=time.perf_counter() - started)
+        else:
+            stores = {stem: str(out / stem / f"{key}.ome.zarr") for stem in upstream}
+            first_chunks = spec.chunks if number == 1 else None
+            results = batch_image_stage.submit(step, upstream, stores, key, first_chunks).result()
+            upstream = {stem: r.ref for stem, r in results.items()}
+            images.setdefault(step_name(step), upstream)
+            record.add_batch_stage(number, step, results, seconds=time.perf_counter() - started)
+        logger.info("%s: %d images in %.1f s", key, len(upstream), time.perf_counter() - started)
+    return record.finish()
+
+
+def image_stems(paths: list[Path]) -> dict[str, Path]:
+    """Each image's folder name (its file stem), refusing two images with the same stem."""
+    stems: dict[str, Path] = {}
+    for path in paths:
+        stem = path.name.split(".")[0]
+        if stem in stems:
+            raise io.InputError(f"{path} and {stems[stem]} would share the output folder {stem!r}; rename one")
+        stems[stem] = path
+    return stems

@@ -1,0 +1,101 @@
+"""The run record ``OUT/run.json`` and the output folder's naming rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from flows.spec import PipelineSpec, step_name
+
+PACKAGES = ("haloflow", "prefect", "prefect-dask", "dask", "distributed", "numpy", "scipy", "scikit-image", "zarr", "tifffile")
+
+
+def stage_key(number: int, step) -> str:
+    """``NN_NAME``: the step's number (two digits, from 1) and its name or op.
+
+    >>> from flows.spec import GaussianStep
+    >>> stage_key(1, GaussianStep(sigma=2.0))
+    '01_gaussian'
+    """
+    return f"{number:02d}_{step_name(step)}"
+
+
+def prepare_output(output: str) -> Path:
+    """Create the output folder; refuse a path that is a file."""
+    path = Path(output).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output {path} is a file, not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+@dataclass
+class RunRecord:
+    """What a run did, written to ``OUT/run.json`` after every stage."""
+
+    path: Path
+    data: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def start(cls, spec: PipelineSpec, out: Path, images: list[str] | None = None) -> "RunRecord":
+        data = {
+            "spec": spec.model_dump(mode="json", exclude_none=True),
+            "versions": package_versions(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "status": "running",
+            "stages": [],
+        }
+        if images is not None:
+            data["images"] = images
+        record = cls(out / "run.json", data)
+        record.save()
+        return record
+
+    def add_stage(self, number: int, step, result, seconds: float | None = None) -> None:
+        entry = {"step": number, "name": stage_key(number, step), "op": step.op, **result.to_dict()}
+        entry["seconds"] = round(seconds if seconds is not None else result.seconds, 3)
+        entry["fingerprint"] = result.ref.fingerprint
+        self.data["stages"].append(entry)
+        self.save()
+
+    def add_batch_stage(self, number: int, step, results: dict, seconds: float) -> None:
+        self.data["stages"].append(
+            {
+                "step": number,
+                "name": stage_key(number, step),
+                "op": step.op,
+                "status": "computed",
+                "seconds": round(seconds, 3),
+                "images": {image: r.to_dict() for image, r in results.items()},
+            }
+        )
+        self.save()
+
+    def finish(self) -> dict[str, Any]:
+        self.data["status"] = "completed"
+        self.data["seconds"] = round(time.perf_counter() - self.started, 3)
+        self.save()
+        return {"output": str(self.path.parent), "run_json": str(self.path), **self.data}
+
+    def save(self) -> None:
+        """Write to a temporary name, then rename: a reader never sees half a record."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str))
+        os.replace(tmp, self.path)

@@ -1,0 +1,594 @@
+"""Run infrastructure for haloflow flows: one Prefect API server, one Dask cluster.
+
+Why this module exists
+----------------------
+A Prefect flow run with no API configured starts a *temporary* server (about
+7 s) in every process that needs one.  With a :class:`~prefect_dask.DaskTaskRunner`
+each Dask worker process then starts its own, all on the same SQLite file, and
+runs fail with ``database is locked``.  So haloflow runs ONE server per run (or
+uses the configured ``PREFECT_API_URL``) and hands its URL to every process it
+starts through ``os.environ``.
+
+Import order matters
+--------------------
+Prefect reads its settings when it is imported.  This module therefore never
+imports ``prefect`` (nor ``prefect_dask``, which imports it) at module level:
+
+* :func:`start_local_server`, :class:`LocalServer` and :func:`configured_api_url`
+  never import prefect at all.
+* :func:`ensure_api` should be entered **before** ``prefect`` is imported in
+  the calling process, so that the process and every process it starts
+  afterwards (Dask workers included) see ``PREFECT_API_URL``.  If prefect is
+  already imported it still works for this process (it also enters
+  ``prefect.settings.temporary_settings``), but do it early when you can.
+* :func:`make_task_runner` imports ``prefect_dask`` when called (typically at
+  flow-decoration time); worker processes are spawned when the flow *runs*, so
+  they inherit whatever ``os.environ`` holds at that moment.
+
+A typical entry point::
+
+    from flows.runner import ensure_api
+
+    def main():
+        with ensure_api():
+            from flows.pipeline import pipeline_flow   # imports prefect now
+            pipeline_flow(...)
+
+    if __name__ == "__main__":   # required: Dask worker processes use "spawn"
+        main()
+
+Dask clusters: tests and long sessions reuse one cluster with
+``some_flow.with_options(task_runner=make_task_runner(cluster="tcp://..."))``.
+Workers of an external cluster must have been started with the same
+``PREFECT_API_URL`` in their environment.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CLUSTER_ENV_VAR",
+    "LocalServer",
+    "PrefectServer",
+    "configured_api_url",
+    "database_seed_dir",
+    "drain_prefect_workers",
+    "ensure_api",
+    "find_free_port",
+    "make_task_runner",
+    "server_environment",
+    "start_local_server",
+]
+
+#: Environment variable naming a default Dask scheduler address for flows.
+CLUSTER_ENV_VAR = "HALOFLOW_CLUSTER"
+
+_LOOPBACK = "127.0.0.1"
+
+#: Settings given to every server this module starts (and, for the analytics
+#: flag, to the processes that talk to it).
+_SERVER_SETTINGS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_API_HOST": _LOOPBACK,
+    # The local run server has nothing to schedule: no deployments, no workers.
+    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+}
+
+_RUNNING: set[LocalServer] = set()
+
+
+_SEED_FILES = ("prefect.db", "memo_store.toml")
+
+
+def database_seed_dir() -> Path:
+    """Cache directory of the seed database used by ``seed_database=True``.
+
+    ``$HALOFLOW_CACHE_DIR`` or ``$XDG_CACHE_HOME/haloflow`` or
+    ``~/.cache/haloflow``, then ``prefect-<version>-db``: one seed per Prefect
+    version, since the schema follows the version.
+    """
+    from importlib.metadata import version
+
+    base = os.environ.get("HALOFLOW_CACHE_DIR")
+    if not base:
+        base = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "haloflow")
+    return Path(base) / f"prefect-{version('prefect')}-db"
+
+
+def _uses_default_database() -> bool:
+    return not any(os.environ.get(k) for k in (
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL"))
+
+
+def _copy_seed(seed: Path, home: Path) -> bool:
+    if not all((seed / name).is_file() for name in _SEED_FILES):
+        return False
+    try:
+        for name in _SEED_FILES:
+            shutil.copyfile(seed / name, home / name)
+    except OSError:
+        return False
+    return True
+
+
+def _save_seed(home: Path, seed: Path) -> None:
+    """Snapshot the (just migrated, still empty) database of a running server."""
+    import sqlite3
+
+    if (seed / "prefect.db").exists() or not (home / "memo_store.toml").is_file():
+        return
+    seed.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=seed.name + ".tmp-", dir=seed.parent))
+    try:
+        # The online-backup API gives a consistent copy (WAL included) while
+        # the server keeps running.
+        src = sqlite3.connect(f"file:{home / 'prefect.db'}?mode=ro", uri=True, timeout=30)
+        dst = sqlite3.connect(tmp / "prefect.db")
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+            src.close()
+        shutil.copyfile(home / "memo_store.toml", tmp / "memo_store.toml")
+        os.rename(tmp, seed)  # atomic; fails if another process won the race
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def find_free_port(host: str = _LOOPBACK) -> int:
+    """Return a TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _urlopen_no_proxy(url: str, timeout: float) -> int:
+    # A direct opener: HTTP(S)_PROXY must not capture requests to 127.0.0.1.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as resp:
+        return resp.status
+
+
+def _prefect_command() -> list[str]:
+    script = Path(sys.executable).with_name("prefect")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "prefect"]
+
+
+def server_environment(home: Path, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a ``prefect server start`` child bound to 127.0.0.1:``port``.
+
+    The port goes in ``PREFECT_SERVER_API_PORT`` (not ``--port``) so that the
+    UI also calls the right port, and ``PREFECT_API_URL`` is set to the
+    server's own URL so a parent's value cannot leak into the UI settings.
+    """
+    env = dict(os.environ if base is None else base)
+    env.update(_SERVER_SETTINGS)
+    env["PREFECT_HOME"] = str(home)
+    env["PREFECT_SERVER_API_PORT"] = str(port)
+    env["PREFECT_API_URL"] = f"http://{_LOOPBACK}:{port}/api"
+    # A profile chosen in the parent must not redirect the server's settings.
+    env.pop("PREFECT_PROFILE", None)
+    env.pop("PREFECT_PROFILES_PATH", None)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class LocalServer:
+    """A ``prefect server start`` subprocess listening on 127.0.0.1 only.
+
+    Create it with :func:`start_local_server` (or :meth:`LocalServer.start`).
+    Usable as a context manager: leaving the block stops the server.
+
+    Attributes
+    ----------
+    process : subprocess.Popen
+        The server process (leader of its own process group).
+    port : int
+    home : pathlib.Path
+        The server's ``PREFECT_HOME`` (holds ``prefect.db``).
+    log_path : pathlib.Path
+        File receiving the server's stdout and stderr.
+    """
+
+    host = _LOOPBACK
+
+    def __init__(self, process: subprocess.Popen, port: int, home: Path, log_path: Path,
+                 *, owns_home: bool = False) -> None:
+        self.process = process
+        self.port = int(port)
+        self.home = Path(home)
+        self.log_path = Path(log_path)
+        self._owns_home = owns_home
+        self._log_file: Any = None
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def start(cls, home: Path | str | None = None, port: int | None = None,
+              timeout: float = 60, ui: bool = True,
+              seed_database: bool = False) -> LocalServer:
+        """Start a server and wait until ``/api/health`` answers 200.
+
+        Parameters
+        ----------
+        home : path, optional
+            ``PREFECT_HOME`` for the server (its SQLite database lives there).
+            Default: a new temporary directory, deleted by :meth:`stop`.
+        port : int, optional
+            Default: a free port.  If ``None`` and the chosen port is taken
+            before the server binds it, a new one is tried (3 attempts).
+        timeout : float
+            Seconds to wait for the health check.
+        ui : bool
+            Serve the web UI.
+        seed_database : bool
+            If ``home`` holds no database yet, start from a copy of an empty,
+            already migrated one kept in a per-user cache (see
+            :func:`database_seed_dir`; made from the first server started this
+            way).  A fresh database costs about 9.5 s of migrations; a seeded
+            start about 3 s.
+
+        Raises
+        ------
+        RuntimeError
+            The server exited or did not become healthy in time; the message
+            ends with the tail of the server log.
+        """
+        owns_home = home is None
+        home = Path(tempfile.mkdtemp(prefix="haloflow-prefect-")) if home is None else Path(home)
+        home.mkdir(parents=True, exist_ok=True)
+        seed = database_seed_dir() if seed_database and _uses_default_database() else None
+        seeded = seed is not None and not (home / "prefect.db").exists() and _copy_seed(seed, home)
+        attempts = 3 if port is None else 1
+        last_error: RuntimeError | None = None
+        for _ in range(attempts):
+            try:
+                server = cls._start_once(home, port or find_free_port(), timeout, ui, owns_home)
+            except RuntimeError as exc:
+                last_error = exc
+                if seeded:  # a bad seed must not stop us: drop it, start fresh
+                    shutil.rmtree(seed, ignore_errors=True)
+                    for name in _SEED_FILES:
+                        (home / name).unlink(missing_ok=True)
+                    seeded = False
+                    continue
+                if "already in use" not in str(exc):
+                    break
+            else:
+                if seed is not None and not seeded:
+                    with contextlib.suppress(Exception):
+                        _save_seed(home, seed)
+                return server
+        if owns_home:
+            shutil.rmtree(home, ignore_errors=True)
+        assert last_error is not None
+        raise last_error
+
+    @classmethod
+    def _start_once(cls, home: Path, port: int, timeout: float, ui: bool,
+                    owns_home: bool) -> LocalServer:
+        log_path = home / f"server-{port}.log"
+        env = server_environment(home, port)
+        env["PREFECT_SERVER_UI_ENABLED"] = "true" if ui else "false"
+        log_file = open(log_path, "ab")
+        popen_kwargs: dict[str, Any] = {}
+        if os.name == "posix":
+            popen_kwargs["start_new_session"] = True  # own process group
+        else:  # pragma: no cover - Windows
+            popen_kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+        process = subprocess.Popen(
+            [*_prefect_command(), "server", "start"],
+            env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=str(home), **popen_kwargs,
+        )
+        server = cls(process, port, home, log_path, owns_home=owns_home)
+        server._log_file = log_file
+        _RUNNING.add(server)
+        try:
+            server._wait_healthy(timeout)
+        except RuntimeError as exc:
+            server.stop(drain=False, _remove_home=False)
+            raise RuntimeError(
+                f"{exc}\n--- tail of server log {log_path} ---\n{server.log_tail()}"
+            ) from None
+        except BaseException:  # KeyboardInterrupt while waiting
+            server.stop(drain=False, _remove_home=False)
+            raise
+        return server
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                in_use = "already in use" in self.log_tail()
+                raise RuntimeError(
+                    f"Prefect server on {self.host}:{self.port} exited with code {code} "
+                    f"before answering /api/health" + (" (port already in use)" if in_use else "")
+                )
+            if self.healthy(timeout=1.0):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Prefect server on {self.host}:{self.port} did not answer "
+                    f"/api/health within {timeout:g} s"
+                )
+            time.sleep(0.1)
+
+    # -- properties ---------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (the UI, when enabled)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """``http://127.0.0.1:PORT/api``: the value for ``PREFECT_API_URL``."""
+        return f"{self.url}/api"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def healthy(self, timeout: float = 2.0) -> bool:
+        """True if ``GET /api/health`` answers 200."""
+        try:
+            return _urlopen_no_proxy(f"{self.api_url}/health", timeout) == 200
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def log_tail(self, n_lines: int = 40) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "<no server log>"
+        return "\n".join(lines[-n_lines:])
+
+    # -- shutdown -----------------------------------------------------------
+    def stop(self, timeout: float = 10, *, drain: bool = True, _remove_home: bool = True) -> None:
+        """Terminate the server's process group, wait, kill if needed.
+
+        With ``drain`` (default), first flush this process's queued Prefect
+        logs and events (:func:`drain_prefect_workers`).  Idempotent.  Deletes
+        ``home`` if it was a temporary directory made by :meth:`start`.
+        """
+        proc = self.process
+        if drain and proc.poll() is None:
+            with contextlib.suppress(Exception):
+                drain_prefect_workers()
+        if proc.poll() is None:
+            self._signal(signal.SIGTERM if os.name == "posix" else None)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL if os.name == "posix" else None, kill=True)
+                proc.wait(timeout)
+        elif os.name == "posix":
+            # Leader gone: make sure no stray children of the group survive.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        _RUNNING.discard(self)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if _remove_home and self._owns_home:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+    def _signal(self, sig: Any, kill: bool = False) -> None:
+        if os.name == "posix":
+            try:
+                os.killpg(self.process.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        else:  # pragma: no cover - Windows
+            self.process.kill() if kill else self.process.terminate()
+
+    def __enter__(self) -> LocalServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.process.poll() is None else f"exited {self.process.returncode}"
+        return f"<LocalServer {self.api_url} pid={self.pid} {state}>"
+
+
+#: Alias: the context-manager class for a local Prefect server.
+PrefectServer = LocalServer
+
+
+def start_local_server(home: Path | str | None = None, port: int | None = None,
+                       timeout: float = 60, ui: bool = True,
+                       seed_database: bool = False) -> LocalServer:
+    """Start ``prefect server start`` on 127.0.0.1 and wait for it to be healthy.
+
+    Does not import prefect.  See :meth:`LocalServer.start` for parameters.
+    Call ``.stop()`` (or use it as a context manager) when done.
+    """
+    return LocalServer.start(home=home, port=port, timeout=timeout, ui=ui,
+                             seed_database=seed_database)
+
+
+@atexit.register
+def _stop_leftover_servers() -> None:
+    for server in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            server.stop(timeout=5, drain=False)
+
+
+def drain_prefect_workers() -> None:
+    """Send this process's queued Prefect logs and events now.
+
+    Call before stopping the API server those go to; otherwise they are sent
+    at interpreter exit to a dead server, which prints ``--- Error logging to
+    API --- All connection attempts failed`` after about a minute of retries.
+    A no-op if prefect was never imported here.
+    """
+    if "prefect.logging.handlers" not in sys.modules:
+        return
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def _drain() -> None:
+        with contextlib.suppress(RuntimeError):  # worker never started
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(_drain())
+
+
+def configured_api_url() -> str | None:
+    """The Prefect API URL configured by the environment, without importing prefect.
+
+    Only ``os.environ["PREFECT_API_URL"]`` counts (profiles are not read).
+    """
+    return os.environ.get("PREFECT_API_URL") or None
+
+
+@contextlib.contextmanager
+def ensure_api(home: Path | str | None = None, timeout: float = 60,
+               ui: bool = True, seed_database: bool = False) -> Iterator[str]:
+    """Make sure a Prefect API is available for this block; yield its URL.
+
+    If ``PREFECT_API_URL`` is set in ``os.environ``, yield it and change nothing.
+    Otherwise start a local server (:func:`start_local_server`), set
+    ``PREFECT_API_URL`` and ``PREFECT_SERVER_ANALYTICS_ENABLED=false`` in
+    ``os.environ`` (inherited by every process started inside the block,
+    Dask workers included), yield the URL, and on exit stop the server and
+    restore the environment.  ``home``, ``timeout``, ``ui`` and
+    ``seed_database`` go to :func:`start_local_server`.
+
+    Enter it BEFORE importing prefect.  If prefect is already imported in
+    this process, its settings are also overridden for the block with
+    ``prefect.settings.temporary_settings``.
+    """
+    existing = configured_api_url()
+    if existing:
+        yield existing
+        return
+
+    server = start_local_server(home=home, timeout=timeout, ui=ui, seed_database=seed_database)
+    new_values = {
+        "PREFECT_API_URL": server.api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    saved = {k: os.environ.get(k) for k in new_values}
+    try:
+        os.environ.update(new_values)
+        with contextlib.ExitStack() as stack:
+            if "prefect.settings" in sys.modules:
+                from prefect.settings import PREFECT_API_URL, temporary_settings
+
+                stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
+            try:
+                yield server.api_url
+            finally:
+                # Flush queued logs/events while the settings still name this
+                # server (drained later, they would go to a temporary server).
+                with contextlib.suppress(Exception):
+                    drain_prefect_workers()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+def _quiet_distributed_logging(level: int = logging.WARNING) -> None:
+    # distributed gives its logger its own stderr handler (propagate=False) only
+    # when the root logger has no handler at import time.  When prefect has set
+    # up logging first (e.g. after ``from prefect import flow``), "distributed"
+    # is left at INFO with no handler, and every scheduler/nanny INFO line (~25
+    # per flow run) goes to Prefect's console handler; LocalCluster's
+    # ``silence_logs`` only silences distributed's own stream handlers.
+    logger = logging.getLogger("distributed")
+    if not logger.handlers and logger.getEffectiveLevel() < level:
+        logger.setLevel(level)
+
+
+def make_task_runner(cluster: str | None = None, n_workers: int | None = None,
+                     threads_per_worker: int = 1, memory_limit: str | int | float | None = None,
+                     **cluster_kwargs: Any):
+    """A :class:`prefect_dask.DaskTaskRunner` for haloflow flows.
+
+    Parameters
+    ----------
+    cluster : str, optional
+        Scheduler address ``"tcp://host:port"`` of an existing cluster.
+        Default: ``os.environ["HALOFLOW_CLUSTER"]`` if set.  With neither,
+        the flow run creates (and closes) its own ``distributed.LocalCluster``.
+    n_workers : int, optional
+        Worker processes of the local cluster (default ``os.cpu_count()``).
+    threads_per_worker : int
+        Threads per local worker (default 1: chunk work is NumPy/SciPy code
+        that releases the GIL only partly; processes scale better).
+    memory_limit : optional
+        Per-worker memory limit of the local cluster (Dask's default ``"auto"``
+        splits the machine's memory between workers).
+    **cluster_kwargs
+        Extra ``LocalCluster`` keyword arguments.
+
+    Notes
+    -----
+    The local cluster always uses worker *processes* bound to 127.0.0.1 with no
+    dashboard.  Worker processes are spawned when the flow runs and inherit
+    ``os.environ`` then, so enter :func:`ensure_api` before running the flow.
+    Scripts must guard their entry point with ``if __name__ == "__main__":``
+    (workers are started with the ``spawn`` method).
+    """
+    from prefect_dask import DaskTaskRunner  # imports prefect: keep it lazy
+
+    _quiet_distributed_logging()
+    address = cluster or os.environ.get(CLUSTER_ENV_VAR) or None
+    if address:
+        if n_workers is not None or memory_limit is not None or cluster_kwargs:
+            raise ValueError("n_workers/memory_limit/cluster kwargs apply only to a local cluster, "
+                             f"not to the existing cluster at {address}")
+        return DaskTaskRunner(address=address)
+
+    kwargs: dict[str, Any] = {
+        "n_workers": n_workers or os.cpu_count() or 1,
+        "threads_per_worker": threads_per_worker,
+        "processes": True,
+        "host": _LOOPBACK,
+        # No dashboard; the scheduler still serves /health and /metrics over
+        # HTTP, by default on :8787 (a second cluster then warns "Port 8787 is
+        # already in use"): a random loopback port instead.
+        "dashboard_address": None,
+        "scheduler_kwargs": {"dashboard_address": f"{_LOOPBACK}:0"},
+    }
+    if memory_limit is not None:
+        kwargs["memory_limit"] = memory_limit
+    kwargs.update(cluster_kwargs)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)

@@ -1,0 +1,168 @@
+"""The pipeline spec: pydantic models, loadable from YAML, checked before any work.
+
+The same fields are the flows' parameters, so the Prefect UI shows them as a
+form, a schedule can carry them and Python code can build them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from imageops import get_op
+from imageops.registry import GaussianParams, LabelParams, MeasureParams, MedianParams, ThresholdParams
+
+
+class SpecError(ValueError):
+    """A spec that cannot run: the message names the field or step and the problem."""
+
+
+class _Named(BaseModel):
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]+$", max_length=64, title="Name",
+        description="Names the step's output (default: the op). Letters, digits, '_' and '-'.",
+    )
+
+
+class GaussianStep(GaussianParams, _Named):
+    pass
+
+
+class MedianStep(MedianParams, _Named):
+    pass
+
+
+class ThresholdStep(ThresholdParams, _Named):
+    pass
+
+
+class LabelStep(LabelParams, _Named):
+    pass
+
+
+class MeasureStep(MeasureParams, _Named):
+    pass
+
+
+Step = Annotated[
+    Union[GaussianStep, MedianStep, ThresholdStep, LabelStep, MeasureStep],
+    Field(discriminator="op"),
+]
+
+
+class TileGrid(BaseModel):
+    """A grid of TIFF tiles, assembled like ``dask.array.block``."""
+
+    model_config = ConfigDict(extra="forbid")
+    tiles: list[Any] = Field(title="Tiles", description="Nested lists of TIFF paths, one level per grid axis.")
+
+    @field_validator("tiles")
+    @classmethod
+    def _nested_paths(cls, tiles):
+        def check(node, depth):
+            if isinstance(node, str):
+                return depth
+            if not isinstance(node, list) or not node:
+                raise ValueError("tiles must be non-empty nested lists of paths")
+            depths = {check(child, depth + 1) for child in node}
+            if len(depths) != 1:
+                raise ValueError("every branch of the tile grid must be nested equally deep")
+            return depths.pop()
+
+        if check(tiles, 0) < 1:
+            raise ValueError("tiles must be a list")
+        return tiles
+
+
+class ZarrInput(BaseModel):
+    """An array in a zarr store (or an OME-Zarr image)."""
+
+    model_config = ConfigDict(extra="forbid")
+    zarr: str = Field(title="Store", description="Path of the zarr store.")
+    component: str | None = Field(None, title="Component", description="Array path inside the store.")
+
+
+InputField = Union[str, TileGrid, ZarrInput]
+
+
+class PipelineSpec(BaseModel):
+    """A whole run: what to read, the steps, where to write."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flow: Literal["large_image", "batch"] = Field("large_image", title="Workflow")
+    input: InputField = Field(title="Input", description="A TIFF, a glob of TIFFs, a tile grid, or a zarr store.")
+    chunks: list[Annotated[int, Field(gt=0)]] | None = Field(None, title="Chunks", description="Chunk shape, one entry per axis.")
+    steps: list[Step] = Field(min_length=1, title="Steps")
+    output: str = Field(title="Output folder")
+
+    @model_validator(mode="after")
+    def _steps_fit_together(self):
+        check_steps(self.steps)
+        return self
+
+    def to_input(self) -> Any:
+        """The input as the loaders take it: a path string or a dict."""
+        return self.input if isinstance(self.input, str) else self.input.model_dump(exclude_none=True)
+
+
+def step_name(step) -> str:
+    return step.name or step.op
+
+
+def check_steps(steps) -> None:
+    """Refuse a pipeline whose steps do not fit: wrong kinds, unknown names, tables fed on."""
+    names: dict[str, str] = {"input": "image"}
+    kind = "image"
+    for number, step in enumerate(steps, start=1):
+        info = get_op(step.op)
+        where = f"steps[{number - 1}] ({step.op})"
+        if kind not in info.takes:
+            raise ValueError(f"{where} takes {' or '.join(info.takes)} but the step before gives {kind}")
+        name = step_name(step)
+        if step.name is not None and name in names:
+            raise ValueError(f"{where}: name {name!r} is used twice")
+        if step.op == "measure" and step.intensity and step.intensity != "input":
+            if names.get(step.intensity) != "image":
+                known = [n for n, k in names.items() if k == "image"]
+                raise ValueError(f"{where}: intensity {step.intensity!r} is not an earlier image step; known: {known}")
+        names.setdefault(name, info.gives)
+        kind = info.gives
+
+
+def load_spec(source: str | Path | dict) -> PipelineSpec:
+    """Read and check a spec from a YAML file or a dict; SpecError names what is wrong."""
+    if isinstance(source, dict):
+        data, origin = source, "spec"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError(f"{path}: no such spec file")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise SpecError(f"{path}: not valid YAML: {error}") from None
+        origin = str(path)
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: a spec is a mapping of fields (input, steps, output), got {type(data).__name__}")
+    try:
+        return PipelineSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(f"{origin}: " + describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Short lines, one per problem: the field's path and the message."""
+    lines = []
+    for item in error.errors()[:5]:
+        location = ".".join(str(part) for part in item["loc"] if not _is_union_tag(part))
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{location}: {message}" if location else message)
+    return "\n".join(lines)
+
+
+def _is_union_tag(part) -> bool:
+    return isinstance(part, str) and (part.endswith("Step") or part in ("str", "TileGrid", "ZarrInput"))

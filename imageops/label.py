@@ -1,0 +1,137 @@
+"""Connected-component labels that can be made per block and merged across faces.
+
+Each block is labelled on its own; two labels on either side of a chunk
+border that touch (under the connectivity) are the same object. The pairs of
+touching labels, found on the two voxel layers around each border, define an
+equivalence; one lookup table then renumbers every block's labels 1..N.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ._validation import check_array, check_connectivity
+
+LABEL_DTYPE = np.uint32
+
+
+def structure(ndim: int, connectivity: int | None = None) -> np.ndarray:
+    """The neighbourhood of ``skimage.measure.label`` as a SciPy structure.
+
+    >>> structure(2, 1).astype(int)
+    array([[0, 1, 0],
+           [1, 1, 1],
+           [0, 1, 0]])
+    """
+    return ndi.generate_binary_structure(ndim, check_connectivity(connectivity, ndim))
+
+
+def label_block(mask, connectivity: int | None = None) -> tuple[np.ndarray, int]:
+    """Label one block's foreground: labels 1..n in ``uint32``, and n.
+
+    >>> labels, n = label_block(np.array([[1, 0, 1], [0, 0, 1]], dtype=bool))
+    >>> n
+    2
+    """
+    mask = check_array(mask, "mask")
+    labels = np.empty(mask.shape, dtype=np.int32)
+    n = ndi.label(mask, structure=structure(mask.ndim, connectivity), output=labels)
+    return labels.astype(LABEL_DTYPE, copy=False), int(n)
+
+
+def offset_labels(labels, offset: int) -> np.ndarray:
+    """Shift nonzero labels by ``offset`` into a global numbering (int64).
+
+    >>> offset_labels(np.array([0, 1, 2]), 10)
+    array([ 0, 11, 12])
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    return np.where(labels > 0, labels + offset, 0)
+
+
+def face_pairs(low, high, axis: int, connectivity: int | None = None) -> np.ndarray:
+    """Pairs of labels that touch across a border.
+
+    Parameters
+    ----------
+    low, high : ndarray
+        The voxel layers just before and just after the border (thickness 1
+        along ``axis``), holding globally unique labels, 0 for background.
+    axis : int
+        The axis the border crosses.
+    connectivity : int, optional
+        As in ``skimage.measure.label`` (1..ndim, default ndim).
+
+    Returns
+    -------
+    pairs : (k, 2) ndarray of int64
+        Unique pairs ``(a, b)``: label ``a`` in ``low`` touches ``b`` in ``high``.
+
+    Examples
+    --------
+    >>> low = np.array([[1, 0, 0]]); high = np.array([[0, 2, 0]])
+    >>> face_pairs(low, high, axis=0, connectivity=2)
+    array([[1, 2]])
+    >>> face_pairs(low, high, axis=0, connectivity=1).shape
+    (0, 2)
+    """
+    low, high = np.asarray(low), np.asarray(high)
+    if low.shape != high.shape or low.shape[axis] != 1:
+        raise ValueError(f"low and high must be equal layers of thickness 1 on axis {axis}; got {low.shape}, {high.shape}")
+    ndim = low.ndim
+    connectivity = check_connectivity(connectivity, ndim)
+    a = np.take(low, 0, axis=axis)
+    b = np.take(high, 0, axis=axis)
+    found = []
+    for shift in _in_plane_shifts(ndim - 1, connectivity - 1):
+        src, dst = _shifted_views(a, b, shift)
+        touching = (src > 0) & (dst > 0)
+        if touching.any():
+            found.append(np.stack([src[touching], dst[touching]], axis=1).astype(np.int64))
+    if not found:
+        return np.empty((0, 2), dtype=np.int64)
+    return np.unique(np.concatenate(found), axis=0)
+
+
+def merge_equivalences(pairs, n_labels: int) -> tuple[np.ndarray, int]:
+    """Lookup table from provisional labels 0..n_labels to final labels 0..N.
+
+    Labels joined by ``pairs`` share a final label; final labels are numbered
+    1..N in the order of their smallest provisional label; 0 stays 0.
+
+    >>> lut, n = merge_equivalences(np.array([[1, 3]]), 3)
+    >>> lut.tolist(), n
+    ([0, 1, 2, 1], 2)
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    size = n_labels + 1
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(size, size))
+    _, component = connected_components(graph, directed=False)
+    # Number components by first appearance (component of label 0 is background).
+    _, first = np.unique(component, return_index=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    final = rank[component]  # label 0 appears first, so background keeps 0
+    return final.astype(LABEL_DTYPE), int(final.max())
+
+
+def _in_plane_shifts(ndim: int, max_nonzero: int):
+    """Offsets in the border plane that a neighbour across the border may have."""
+    for shift in itertools.product((-1, 0, 1), repeat=ndim):
+        if sum(s != 0 for s in shift) <= max_nonzero:
+            yield shift
+
+
+def _shifted_views(a: np.ndarray, b: np.ndarray, shift) -> tuple[np.ndarray, np.ndarray]:
+    """Views of ``a`` and ``b`` such that ``b_view[i] == b[i + shift]`` pairs with ``a_view[i] == a[i]``."""
+    src, dst = [], []
+    for s, n in zip(shift, a.shape):
+        src.append(slice(max(0, -s), n - max(0, s)))
+        dst.append(slice(max(0, s), n - max(0, -s)))
+    return a[tuple(src)], b[tuple(dst)]

@@ -1,0 +1,86 @@
+"""Compute Dask collections on the cluster a stage task is running on.
+
+Pure Dask: this module must not import prefect.  Stage tasks build a chunk
+graph (``dask.array`` ...) and call :func:`compute_on_cluster` to run it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+
+__all__ = ["compute_on_cluster", "current_worker_address"]
+
+
+def _current_worker():
+    try:
+        from distributed import get_worker
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
+def _default_client():
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    if getattr(client, "asynchronous", False) or client.status not in ("running", "connecting"):
+        return None
+    return client
+
+
+def current_worker_address() -> str | None:
+    """Address of the Dask worker running the caller, or ``None`` outside workers."""
+    worker = _current_worker()
+    return None if worker is None else worker.address
+
+
+def compute_on_cluster(*collections: Any, **compute_kwargs: Any) -> Any:
+    """Compute Dask collections where the caller runs, the way ``dask.compute`` does.
+
+    * Inside a Dask worker (e.g. a Prefect task on a ``DaskTaskRunner``): on the
+      same cluster through :func:`distributed.worker_client`, which *secedes*
+      the calling thread from the worker's pool while the graph runs, so the
+      chunk tasks can use that slot too (``prefect_dask.get_dask_client`` does
+      not secede, and would hold one slot idle per stage).
+    * Else, if a default ``distributed.Client`` exists: with that client.
+    * Else: ``dask.compute`` with the threaded scheduler.
+
+    Returns the single result for one collection, a tuple for several.
+    ``compute_kwargs`` go to ``Client.compute`` / ``dask.compute``.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> int(compute_on_cluster(da.ones((4, 4), chunks=2).sum()))
+    16
+    >>> a, b = compute_on_cluster(da.ones(3, chunks=2).sum(), da.zeros(2, chunks=1).sum())
+    >>> float(a), float(b)
+    (3.0, 0.0)
+    """
+    if not collections:
+        raise TypeError("compute_on_cluster() needs at least one collection")
+
+    if _current_worker() is not None:
+        from distributed import worker_client
+
+        with worker_client() as client:
+            results = client.gather(client.compute(list(collections), **compute_kwargs))
+    else:
+        client = _default_client()
+        if client is not None:
+            results = client.gather(client.compute(list(collections), **compute_kwargs))
+        else:
+            compute_kwargs.setdefault("scheduler", "threads")
+            results = dask.compute(*collections, **compute_kwargs)
+
+    return results[0] if len(collections) == 1 else tuple(results)

@@ -1,0 +1,177 @@
+"""Lifting image ops onto dask arrays: block-wise, with a halo, and the global steps.
+
+Local ops run per block, with the halo their parameters need
+(``map_overlap(..., boundary="none")`` leaves the outer edges to the op's own
+``mode``, so chunked equals whole-image). Global steps run in two phases:
+a reduction computed now (``compute``), then a lazy block-wise map.
+
+``compute`` is a callable with ``dask.compute``'s signature: the stage tasks
+pass one that runs on the flow's cluster. Nothing here knows about Prefect.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from imageops import get_op, label as label_ops, measure as measure_ops, threshold as threshold_ops
+from imageops.registry import LabelParams, MeasureParams, OpParams, ThresholdParams
+
+Compute = Callable[..., tuple]
+
+
+def lift_local(image: da.Array, params: OpParams) -> da.Array:
+    """Run a pointwise or neighbourhood op on every block, with the op's halo.
+
+    >>> from imageops.registry import GaussianParams
+    >>> x = da.ones((10, 10), chunks=(3, 7))
+    >>> lift_local(x, GaussianParams(sigma=1.0)).dtype
+    dtype('float32')
+    """
+    info = get_op(params.op)
+    if info.block_fn is None or info.family not in ("pointwise", "neighbourhood"):
+        raise ValueError(f"op {params.op!r} is not a local op; it has its own lifting")
+    depth = info.halo(params, image.ndim)
+    dtype = info.out_dtype(params, image.dtype)
+    meta = np.empty((0,) * image.ndim, dtype=dtype)
+    if not any(depth):
+        return image.map_blocks(_run_op, params=params, dtype=dtype, meta=meta)
+    return image.map_overlap(
+        _run_op, depth=dict(enumerate(depth)), boundary="none", dtype=dtype, meta=meta, params=params
+    )
+
+
+def threshold_value(image: da.Array, params: ThresholdParams, compute: Compute = dask.compute):
+    """The global threshold of ``image``, equal to scikit-image's on the whole image."""
+    if params.method == "manual":
+        return params.value
+    vmin, vmax = compute(image.min(), image.max())
+    vmin, vmax = vmin[()], vmax[()]
+    if vmin == vmax or not (np.isfinite(vmin) and np.isfinite(vmax)):
+        return threshold_ops.threshold_from_histogram(params.method, None, None, vmin, vmax)
+    centers = threshold_ops.bin_centers(image.dtype, vmin, vmax)
+    hists = [
+        da.from_delayed(
+            dask.delayed(threshold_ops.block_histogram)(block, vmin, vmax), shape=centers.shape, dtype=np.int64
+        )
+        for block in image.to_delayed().ravel()
+    ]
+    (counts,) = compute(da.stack(hists).sum(axis=0))
+    return threshold_ops.threshold_from_histogram(params.method, counts, centers, vmin, vmax)
+
+
+def apply_threshold(image: da.Array, value) -> da.Array:
+    """Lazy mask ``image > value``."""
+    return image.map_blocks(threshold_ops.apply_threshold, value, dtype=bool, meta=np.empty((0,) * image.ndim, bool))
+
+
+def threshold(image: da.Array, params: ThresholdParams, compute: Compute = dask.compute) -> tuple[da.Array, Any]:
+    """Global threshold: the value now, the mask lazily."""
+    value = threshold_value(image, params, compute)
+    return apply_threshold(image, value), value
+
+
+def label(mask: da.Array, params: LabelParams, compute: Compute = dask.compute) -> tuple[da.Array, int]:
+    """Connected components of ``mask``, merged across chunk borders, numbered 1..N.
+
+    Every block is labelled on its own (phase 1: counts and border layers),
+    the equivalences on the borders give one lookup table, and the lazy
+    result labels each block again and maps it through the table.
+    """
+    connectivity = params.connectivity
+    if connectivity is not None and connectivity > mask.ndim:
+        raise ValueError(f"connectivity must be between 1 and {mask.ndim} for a {mask.ndim}D image, got {connectivity}")
+    grid = mask.numblocks
+    summaries = compute(*[dask.delayed(_label_summary)(b, connectivity) for b in mask.to_delayed().ravel()])
+    counts = np.array([n for n, _ in summaries], dtype=np.int64)
+    offsets = (np.cumsum(counts) - counts).reshape(grid)
+    faces = np.empty(grid, dtype=object)
+    for index, (_, block_faces) in zip(np.ndindex(*grid), summaries):
+        faces[index] = block_faces
+    pairs = _border_pairs(faces, offsets, connectivity)
+    lut, n_objects = label_ops.merge_equivalences(pairs, int(counts.sum()))
+    labels = mask.map_blocks(
+        _relabel_block,
+        connectivity=connectivity,
+        offsets=dask.delayed(offsets),
+        lut=dask.delayed(lut),
+        dtype=label_ops.LABEL_DTYPE,
+        meta=np.empty((0,) * mask.ndim, dtype=label_ops.LABEL_DTYPE),
+    )
+    return labels, n_objects
+
+
+def measure(
+    labels: da.Array, params: MeasureParams, intensity: da.Array | None = None, compute: Compute = dask.compute
+) -> dict[str, np.ndarray]:
+    """Per-object table as ``regionprops_table`` gives on the whole image."""
+    if intensity is not None:
+        if intensity.shape != labels.shape:
+            raise ValueError(f"intensity image has shape {intensity.shape} but labels have {labels.shape}")
+        intensity = intensity.rechunk(labels.chunks)
+    wants_intensity = any(p in measure_ops.INTENSITY_PROPERTIES for p in params.properties)
+    if wants_intensity and intensity is None:
+        raise ValueError(f"properties {params.properties} need an intensity image")
+    label_blocks = labels.to_delayed().ravel()
+    intensity_blocks = intensity.to_delayed().ravel() if wants_intensity else [None] * len(label_blocks)
+    origins = list(itertools.product(*[np.cumsum((0,) + c[:-1]) for c in labels.chunks]))
+    parts = compute(
+        *[
+            dask.delayed(measure_ops.block_partials)(lb, ib, origin)
+            for lb, ib, origin in zip(label_blocks, intensity_blocks, origins)
+        ]
+    )
+    merged = measure_ops.merge_partials(parts)
+    return measure_ops.regionprops_columns(merged, params.properties, labels.ndim)
+
+
+def _run_op(block: np.ndarray, params: OpParams) -> np.ndarray:
+    """One local op on one block (module-level, so graphs pickle by reference)."""
+    return get_op(params.op).block_fn(block, params)
+
+
+def _label_summary(block: np.ndarray, connectivity: int | None):
+    """Phase 1 for one block: its label count and its border layers."""
+    labels, n = label_ops.label_block(block, connectivity)
+    faces = {}
+    for axis in range(block.ndim):
+        faces[axis, 0] = np.take(labels, [0], axis=axis)
+        faces[axis, 1] = np.take(labels, [labels.shape[axis] - 1], axis=axis)
+    return n, faces
+
+
+def _border_pairs(faces: np.ndarray, offsets: np.ndarray, connectivity: int | None) -> np.ndarray:
+    """Equivalent label pairs on every chunk border of the grid."""
+    grid = faces.shape
+    found = [np.empty((0, 2), dtype=np.int64)]
+    for axis, n_blocks in enumerate(grid):
+        for k in range(n_blocks - 1):
+            low = _assemble_layer(faces, offsets, axis, k, side=1)
+            high = _assemble_layer(faces, offsets, axis, k + 1, side=0)
+            found.append(label_ops.face_pairs(low, high, axis, connectivity))
+    return np.concatenate(found)
+
+
+def _assemble_layer(faces: np.ndarray, offsets: np.ndarray, axis: int, k: int, side: int) -> np.ndarray:
+    """One border layer across the whole image, in the global provisional numbering."""
+    index = [slice(None)] * faces.ndim
+    index[axis] = slice(k, k + 1)
+    index = tuple(index)
+    pieces = np.empty(faces[index].shape, dtype=object)
+    for pos in np.ndindex(*pieces.shape):
+        src = tuple(p + (k if a == axis else 0) for a, p in enumerate(pos))
+        pieces[pos] = label_ops.offset_labels(faces[src][axis, side], offsets[src])
+    return np.block(pieces.tolist())
+
+
+def _relabel_block(block: np.ndarray, connectivity, offsets: np.ndarray, lut: np.ndarray, block_info=None):
+    """Phase 2 for one block: label it again and map it to the final numbering."""
+    location = tuple(block_info[0]["chunk-location"])
+    labels, _ = label_ops.label_block(block, connectivity)
+    provisional = label_ops.offset_labels(labels, offsets[location])
+    return lut[provisional]

@@ -1,0 +1,151 @@
+"""Run one pipeline step from a stored (or source) input to its own store, with Dask only.
+
+These functions are what a stage does, with no Prefect in sight: the large-image
+stage tasks call them with a ``compute`` that runs on the flow's cluster; the
+batch stage calls them once per image with Dask's synchronous scheduler.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from imageops import get_op
+from imageops.registry import OpParams
+from tasks import io, lift
+from tasks.cluster import compute_on_cluster
+from tasks.reference import ArrayRef, TableRef, fingerprint
+
+# What a step reads: a stored stage, or the pipeline's source image.
+Upstream = ArrayRef | io.InputSpec
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step wrote, how long it took, and what it found (threshold, objects)."""
+
+    ref: ArrayRef | TableRef
+    seconds: float
+    status: str = "computed"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        kind = "table" if isinstance(self.ref, TableRef) else "array"
+        return {"kind": kind, "ref": self.ref.to_dict(), "seconds": self.seconds, "status": self.status, "info": self.info}
+
+
+def cluster_compute(*collections):
+    """``dask.compute``'s signature on the cluster the caller runs on."""
+    result = compute_on_cluster(*collections)
+    return result if len(collections) > 1 else (result,)
+
+
+local_compute = partial(dask.compute, scheduler="synchronous")
+
+
+def upstream_fingerprint(upstream: Upstream) -> str:
+    return upstream.fingerprint if isinstance(upstream, ArrayRef) else upstream.fingerprint()
+
+
+def step_fingerprint(params: OpParams, upstream: Upstream, intensity: Upstream | None = None) -> str:
+    """Fingerprint of a step's output: its input's, the op's name and version, its parameters."""
+    info = get_op(params.op)
+    parts = [upstream_fingerprint(upstream), info.name, info.version, params.model_dump(mode="json", exclude={"name"})]
+    if intensity is not None:
+        parts.append(upstream_fingerprint(intensity))
+    return fingerprint(*parts)
+
+
+def open_lazy(upstream: Upstream, chunks=None) -> da.Array:
+    """The lazy dask array of a stored stage or of the source image."""
+    if isinstance(upstream, ArrayRef):
+        array = io.read_ref(upstream)
+        return array if chunks is None else array.rechunk(chunks)
+    return io.imread(upstream, chunks=chunks)
+
+
+def run_image_step(
+    params: OpParams,
+    upstream: Upstream,
+    store: str,
+    *,
+    name: str,
+    chunks=None,
+    compute=cluster_compute,
+) -> StepResult:
+    """Apply one image-, mask- or label-producing op and write its OME-Zarr store.
+
+    The store is created empty, filled chunk by chunk, and marked complete by
+    its last write.
+    """
+    started = time.perf_counter()
+    info = get_op(params.op)
+    image = open_lazy(upstream, chunks)
+    result, found = _lazy_result(params, image, compute)
+    ref = io.create_store(
+        store,
+        shape=result.shape,
+        dtype=result.dtype,
+        chunks=_regular_chunks(image),
+        kind=info.gives,
+        fingerprint=step_fingerprint(params, upstream),
+        name=name,
+    )
+    (written,) = compute(io.write_blocks(result, ref).sum())
+    if int(written) != int(np.prod(ref.shape)):
+        raise RuntimeError(f"{store}: wrote {written} of {np.prod(ref.shape)} voxels")
+    io.mark_complete(ref, **found)
+    return StepResult(ref, time.perf_counter() - started, info=found)
+
+
+def run_table_step(
+    params: OpParams,
+    labels: ArrayRef,
+    table_path: str,
+    *,
+    intensity: Upstream | None = None,
+    compute=cluster_compute,
+) -> StepResult:
+    """Measure objects over chunks and write the table as CSV (temporary name, then renamed)."""
+    started = time.perf_counter()
+    columns = measure_columns(params, labels, intensity=intensity, compute=compute)
+    io.write_table(columns, table_path)
+    rows = len(next(iter(columns.values()))) if columns else 0
+    ref = TableRef(str(table_path), rows, tuple(columns), step_fingerprint(params, labels, intensity))
+    return StepResult(ref, time.perf_counter() - started, info={"rows": rows})
+
+
+def measure_columns(params: OpParams, labels: ArrayRef, *, intensity: Upstream | None = None, compute=cluster_compute):
+    """The measurement table's columns, computed over the label store's chunks."""
+    intensity_array = None if intensity is None else open_lazy(intensity)
+    return lift.measure(io.read_ref(labels), params, intensity=intensity_array, compute=compute)
+
+
+def _lazy_result(params: OpParams, image: da.Array, compute) -> tuple[da.Array, dict[str, Any]]:
+    """The step's lazy output, and what its global phase found."""
+    family = get_op(params.op).family
+    if family in ("pointwise", "neighbourhood"):
+        return lift.lift_local(image, params), {}
+    if params.op == "threshold":
+        mask, value = lift.threshold(image, params, compute)
+        return mask, {"threshold": _plain(value)}
+    if params.op == "label":
+        labels, n_objects = lift.label(image, params, compute)
+        return labels, {"objects": n_objects}
+    raise ValueError(f"op {params.op!r} does not produce an image")
+
+
+def _regular_chunks(image: da.Array) -> tuple[int, ...]:
+    """The largest chunk on each axis: the regular chunk shape of the output store."""
+    return tuple(max(c) for c in image.chunks)
+
+
+def _plain(value):
+    """A JSON-friendly Python scalar."""
+    return value.item() if isinstance(value, np.generic) else value

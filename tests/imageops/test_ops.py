@@ -1,0 +1,159 @@
+"""The pure ops on whole NumPy images: dtype rules, validation, and agreement with SciPy / scikit-image."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage import filters, measure
+
+from imageops import filters as hf, halo, label as hl, measure as hm, threshold as ht
+from imageops.registry import GaussianParams, LabelParams, MeasureParams, ThresholdParams, get_op
+from tests.helpers import blobs
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_gaussian_is_float32_for_integer_and_float32_input(dtype):
+    image = blobs((20, 30), dtype=dtype)
+    out = hf.gaussian(image, 1.5)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, ndi.gaussian_filter(image.astype(np.float32), 1.5, mode="nearest"))
+
+
+def test_gaussian_does_not_mutate_input():
+    image = blobs((10, 10), dtype=np.float32)
+    before = image.copy()
+    hf.gaussian(image, 2.0)
+    np.testing.assert_array_equal(image, before)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"sigma": -1.0}, "sigma must be >= 0"), ({"sigma": [1.0]}, "sigma has 1 entries"), ({"sigma": 1.0, "mode": "bad"}, "mode must be")],
+)
+def test_gaussian_refuses_bad_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        hf.gaussian(np.zeros((4, 4)), **kwargs)
+
+
+def test_gaussian_refuses_non_arrays():
+    with pytest.raises(TypeError, match="image must be an array"):
+        hf.gaussian([[1, 2]], 1.0)
+
+
+def test_median_keeps_dtype_and_equals_scipy():
+    image = blobs((15, 12, 9), dtype=np.uint16)
+    out = hf.median(image, 3)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, ndi.median_filter(image, size=3, mode="nearest"))
+
+
+def test_median_refuses_zero_size():
+    with pytest.raises(ValueError, match="size must be whole numbers >= 1"):
+        hf.median(np.zeros((3, 3)), 0)
+
+
+@pytest.mark.parametrize(("sigma", "truncate", "expected"), [(2.0, 4.0, 8), (1.0, 4.0, 4), (0.5, 3.0, 2), (0.1, 4.0, 0)])
+def test_gaussian_halo_is_scipy_kernel_radius(sigma, truncate, expected):
+    assert halo.gaussian_halo(sigma, truncate, 2) == (expected, expected)
+    # SciPy's own kernel radius: the filter of a delta is zero beyond it.
+    delta = np.zeros(41)
+    delta[20] = 1.0
+    support = np.flatnonzero(ndi.gaussian_filter1d(delta, sigma, truncate=truncate, mode="constant"))
+    assert support.max() - 20 == expected
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64])
+def test_otsu_from_block_histograms_equals_skimage(dtype):
+    image = blobs((31, 17), dtype=dtype, seed=3)
+    if dtype == np.int16:
+        image = image - 100
+    halves = (image[:10], image[10:])
+    vmin, vmax = ht.merge_ranges(ht.value_range(h) for h in halves)
+    counts = sum(ht.block_histogram(h, vmin, vmax) for h in halves)
+    value = ht.threshold_from_histogram("otsu", counts, ht.bin_centers(image.dtype, vmin, vmax), vmin, vmax)
+    assert value == filters.threshold_otsu(image)
+
+
+def test_otsu_of_constant_image_is_its_value():
+    assert ht.threshold_from_histogram("otsu", None, None, np.uint8(7), np.uint8(7)) == 7
+
+
+def test_threshold_params_check_method_and_value():
+    with pytest.raises(ValueError, match="needs a value"):
+        ThresholdParams(method="manual")
+    with pytest.raises(ValueError, match="only used with method 'manual'"):
+        ThresholdParams(method="otsu", value=3)
+    with pytest.raises(ValueError, match="method"):
+        ThresholdParams(method="triangle-ish")
+
+
+@pytest.mark.parametrize(("ndim", "connectivity"), [(2, 1), (2, 2), (3, 1), (3, 2), (3, 3)])
+def test_label_block_equals_skimage(ndim, connectivity):
+    mask = blobs((12,) * ndim, seed=ndim, sigma=1.0) > 0.5 * 65535 * 0.9
+    labels, n = hl.label_block(mask, connectivity)
+    reference = measure.label(mask, connectivity=connectivity)
+    assert n == reference.max()
+    np.testing.assert_array_equal(labels, reference)
+
+
+def test_label_refuses_connectivity_above_ndim():
+    with pytest.raises(ValueError, match="connectivity must be between 1 and 2"):
+        hl.label_block(np.zeros((3, 3), bool), 3)
+
+
+def test_face_pairs_corner_only_touch_needs_full_connectivity():
+    low = np.zeros((1, 3, 3), np.int64)
+    high = np.zeros((1, 3, 3), np.int64)
+    low[0, 0, 0] = 5
+    high[0, 1, 1] = 9
+    assert face_pairs_set(low, high, 3) == {(5, 9)}
+    assert face_pairs_set(low, high, 2) == set()
+    assert face_pairs_set(low, high, 1) == set()
+
+
+def face_pairs_set(low, high, connectivity):
+    return {tuple(p) for p in hl.face_pairs(low, high, 0, connectivity).tolist()}
+
+
+def test_merge_equivalences_numbers_without_gaps():
+    lut, n = hl.merge_equivalences(np.array([[2, 5], [5, 4]]), 6)
+    assert n == 4
+    assert lut[2] == lut[4] == lut[5]
+    assert sorted(set(lut[1:].tolist())) == [1, 2, 3, 4]
+    assert lut[0] == 0
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_block_partials_merged_equal_regionprops_table(ndim):
+    image = blobs((14,) * ndim, seed=7, dtype=np.float32)
+    labels = measure.label(image > 0.5)
+    cut = 5
+    parts = [
+        hm.block_partials(labels[:cut], image[:cut]),
+        hm.block_partials(labels[cut:], image[cut:], origin=(cut,) + (0,) * (ndim - 1)),
+    ]
+    props = ["label", "area", "centroid", "bbox", "intensity_mean", "intensity_min", "intensity_max"]
+    ours = hm.regionprops_columns(hm.merge_partials(parts), props, ndim)
+    reference = measure.regionprops_table(labels, image, properties=props)
+    assert list(ours) == list(reference)
+    for key in reference:
+        np.testing.assert_allclose(ours[key], reference[key], rtol=1e-6, err_msg=key)
+
+
+def test_regionprops_columns_of_no_objects_are_empty():
+    cols = hm.regionprops_columns({}, ["label", "area", "centroid"], 2)
+    assert list(cols) == ["label", "area", "centroid-0", "centroid-1"]
+    assert all(len(v) == 0 for v in cols.values())
+
+
+def test_measure_params_need_intensity_for_intensity_properties():
+    with pytest.raises(ValueError, match="need an intensity image"):
+        MeasureParams(properties=["intensity_mean"], intensity=None)
+
+
+def test_registry_knows_kinds_and_refuses_unknown_ops():
+    assert get_op("threshold").takes == ("image",) and get_op("threshold").gives == "mask"
+    assert get_op("label").gives == "labels"
+    assert get_op("gaussian").halo(GaussianParams(sigma=2.0), 3) == (8, 8, 8)
+    assert get_op("label").out_dtype(LabelParams(), np.dtype(bool)) == np.uint32
+    with pytest.raises(ValueError, match="unknown op 'blur'"):
+        get_op("blur")

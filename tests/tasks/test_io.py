@@ -1,0 +1,417 @@
+"""Tests for tasks.io: lazy input reading, OME-Zarr stores and CSV tables."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from distributed import Client, LocalCluster
+
+from tasks.io import (
+    InputError,
+    InputNotFoundError,
+    create_store,
+    default_chunks,
+    imread,
+    is_complete,
+    list_batch_images,
+    mark_complete,
+    open_store_ref,
+    read_image,
+    read_ref,
+    read_table,
+    resolve_input,
+    write_blocks,
+    write_table,
+)
+from tasks.reference import ArrayRef
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
+    ) as cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def _volume(shape=(7, 40, 30), dtype=np.uint16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 60000, size=shape).astype(dtype)
+
+
+def _write_tiff(path, data, **kwargs):
+    tifffile.imwrite(path, data, **kwargs)
+    return str(path)
+
+
+# ---------------------------------------------------------------- TIFF
+
+
+TIFF_LAYOUTS = [{}, {"compression": "zlib", "rowsperstrip": 8}, {"tile": (16, 16)}]
+
+
+@pytest.mark.parametrize("options", TIFF_LAYOUTS, ids=["contiguous", "strips", "tiles"])
+def test_tiff_default_and_uneven_chunks(tmp_path, options):
+    data = _volume()
+    path = _write_tiff(tmp_path / "v.tif", data, **options)
+    expected = tifffile.imread(path)
+    lazy = imread(path)
+    assert lazy.shape == data.shape and lazy.dtype == np.uint16
+    np.testing.assert_array_equal(lazy.compute(), expected)
+    uneven = imread(path, chunks=(3, 17, 11))
+    assert uneven.chunks == ((3, 3, 1), (17, 17, 6), (11, 11, 8))
+    np.testing.assert_array_equal(uneven.compute(), expected)
+
+
+def test_tiff_graph_computes_on_worker_processes(tmp_path, client):
+    data = _volume((9, 50, 20))
+    path = _write_tiff(tmp_path / "v.tif", data, compression="zlib")
+    lazy = imread(path, chunks=(4, 13, 20))
+    pickle.dumps(lazy.__dask_graph__())
+    np.testing.assert_array_equal(client.compute(lazy, sync=True), data)
+    contiguous = imread(_write_tiff(tmp_path / "raw.tif", data), chunks=(2, 50, 7))
+    np.testing.assert_array_equal(client.compute(contiguous, sync=True), data)
+
+
+def test_default_chunks_fill_planes_in_whole_native_chunks():
+    assert default_chunks((10, 64, 64), 2, (1, 64, 64)) == (10, 64, 64)
+    assert default_chunks((100, 4096, 4096), 2, (1, 4096, 4096)) == (2, 4096, 4096)
+    assert default_chunks((3, 50000, 50000), 1, (1, 16, 50000)) == (1, 1328, 50000)
+    assert default_chunks((1000, 10000, 10000), 1, (64, 64, 64)) == (64, 64, 10000)
+
+
+def test_default_tiff_chunks_are_whole_planes(tmp_path):
+    path = _write_tiff(tmp_path / "v.tif", _volume((5, 64, 48)))
+    assert imread(path).chunks == ((5,), (64,), (48,))
+
+
+# ---------------------------------------------------------------- glob and tiles
+
+
+def test_glob_stacks_sorted_files(tmp_path, client):
+    planes = [_volume((20, 30), seed=i) for i in range(5)]
+    for i, plane in enumerate(planes):
+        _write_tiff(tmp_path / f"z{i:02d}.tif", plane)
+    pattern = str(tmp_path / "z*.tif")
+    spec = resolve_input(pattern)
+    assert spec.kind == "glob" and spec.shape == (5, 20, 30)
+    assert list(spec.paths) == sorted(spec.paths)
+    np.testing.assert_array_equal(imread(pattern).compute(), np.stack(planes))
+    per_file = imread(pattern, chunks=(1, 20, 30))
+    assert per_file.numblocks == (5, 1, 1)
+    on_workers = client.compute(imread(pattern, chunks=(2, 7, 30)), sync=True)
+    np.testing.assert_array_equal(on_workers, np.stack(planes))
+
+
+def test_glob_as_path_and_spec_dict_round_trip(tmp_path):
+    for i in range(3):
+        _write_tiff(tmp_path / f"p{i}.tif", _volume((4, 6), seed=i))
+    spec = resolve_input(tmp_path / "p?.tif")
+    assert spec.kind == "glob" and spec.shape == (3, 4, 6)
+    assert type(spec).from_dict(spec.to_dict()) == spec
+
+
+def test_glob_with_mixed_shapes_is_rejected(tmp_path):
+    _write_tiff(tmp_path / "a.tif", _volume((20, 30)))
+    _write_tiff(tmp_path / "b.tif", _volume((20, 31)))
+    with pytest.raises(InputError, match="b.tif"):
+        resolve_input(str(tmp_path / "*.tif"))
+
+
+def _tile_grid(tmp_path, arrays, prefix="t"):
+    def write(node, where):
+        if isinstance(node, list):
+            return [write(child, f"{where}{i}") for i, child in enumerate(node)]
+        return _write_tiff(tmp_path / f"{prefix}{where}.tif", node)
+
+    return write(arrays, "")
+
+
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        # 2x2 with non-uniform row heights and column widths
+        [[_volume((10, 7)), _volume((10, 12))], [_volume((5, 7)), _volume((5, 12))]],
+        # 2x1
+        [[_volume((6, 9))], [_volume((4, 9))]],
+        # 3D tiles in a 2x2 grid over (y, x)
+        [[_volume((3, 8, 5)), _volume((3, 8, 6))], [_volume((3, 2, 5)), _volume((3, 2, 6))]],
+        # 3D tiles in a 2x1x2 grid over (z, y, x)
+        [[[_volume((2, 4, 3)), _volume((2, 4, 5))]], [[_volume((3, 4, 3)), _volume((3, 4, 5))]]],
+    ],
+    ids=["2x2", "2x1", "3d-2x2", "3d-2x1x2"],
+)
+def test_tiles_assemble_like_np_block(tmp_path, arrays):
+    tiles = _tile_grid(tmp_path, arrays)
+    expected = np.block(arrays)
+    spec = resolve_input({"tiles": tiles})
+    assert spec.kind == "tiles" and spec.shape == expected.shape
+    assert spec.grid == np.array(tiles, dtype=object).shape
+    np.testing.assert_array_equal(imread({"tiles": tiles}).compute(), expected)
+    np.testing.assert_array_equal(imread(spec, chunks=(3,) * expected.ndim).compute(), expected)
+
+
+def test_tiles_that_do_not_fit_name_the_tile(tmp_path):
+    arrays = [[_volume((10, 7)), _volume((10, 12))], [_volume((5, 7)), _volume((6, 12))]]
+    tiles = _tile_grid(tmp_path, arrays)
+    with pytest.raises(InputError, match=r"t11\.tif.*\(5, 12\)"):
+        resolve_input({"tiles": tiles})
+
+
+def test_ragged_tile_lists_are_rejected(tmp_path):
+    a = _write_tiff(tmp_path / "a.tif", _volume((4, 4)))
+    with pytest.raises(InputError, match=r"tiles\[1\]"):
+        resolve_input({"tiles": [[a, a], [a]]})
+
+
+# ---------------------------------------------------------------- zarr
+
+
+def test_plain_zarr_array_and_component(tmp_path, client):
+    data = _volume((6, 20, 10))
+    array = zarr.create_array(
+        str(tmp_path / "plain.zarr"), shape=data.shape, dtype=data.dtype, chunks=(2, 8, 10)
+    )
+    array[...] = data
+    lazy = imread(str(tmp_path / "plain.zarr"))
+    assert lazy.chunks[0] == (6,)
+    np.testing.assert_array_equal(client.compute(lazy, sync=True), data)
+
+    group = zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    group.create_array("raw", shape=data.shape, dtype=data.dtype, chunks=(3, 20, 10))[...] = data
+    source = {"zarr": tmp_path / "group.zarr", "component": "raw"}
+    np.testing.assert_array_equal(imread(source, chunks=(4, 7, 3)).compute(), data)
+    with pytest.raises(InputError, match="group.zarr.*multiscales"):
+        resolve_input(tmp_path / "group.zarr")
+
+
+def test_ome_zarr_04_image(tmp_path):
+    data = _volume((12, 9))
+    group = zarr.open_group(str(tmp_path / "v2.ome.zarr"), mode="w", zarr_format=2)
+    group.create_array("s0", shape=data.shape, dtype=data.dtype, chunks=(5, 9))[...] = data
+    multiscale = {"version": "0.4", "datasets": [{"path": "s0"}], "axes": ["y", "x"]}
+    group.attrs["multiscales"] = [multiscale]
+    spec = resolve_input(str(tmp_path / "v2.ome.zarr"))
+    assert spec.component == "s0"
+    np.testing.assert_array_equal(imread(spec).compute(), data)
+
+
+def test_store_round_trip_on_worker_processes(tmp_path, client):
+    data = _volume((9, 33, 21), dtype=np.float32)
+    store = tmp_path / "out.ome.zarr"
+    ref = create_store(
+        store, shape=data.shape, dtype="float32", chunks=(4, 16, 16),
+        kind="image", fingerprint="fp1", name="gauss",
+    )
+    assert ref == ArrayRef(str(store), "0", data.shape, "float32", (4, 16, 16), "image", "fp1")
+    source = da.from_array(data, chunks=(5, 10, 7))  # uneven, misaligned with the store
+    written = write_blocks(source, ref)
+    assert not is_complete(store)  # lazy: nothing is sealed yet
+    assert client.compute(written.sum(), sync=True) == data.size
+    assert not is_complete(store)
+    mark_complete(ref, mean=np.float32(data.mean()))
+    assert is_complete(store) and is_complete(store, "fp1")
+    assert not is_complete(store, "other")
+    assert not is_complete(tmp_path / "missing.zarr")
+    assert open_store_ref(store) == ref
+    np.testing.assert_array_equal(client.compute(read_ref(ref), sync=True), data)
+    assert read_ref(ref).chunks[1] == (16, 16, 1)
+    spec = resolve_input(store)
+    assert (spec.kind, spec.component) == ("zarr", "0")
+    np.testing.assert_array_equal(imread(store).compute(), data)
+    attrs = zarr.open_group(str(store), mode="r").attrs.asdict()
+    assert attrs["ome"]["version"] == "0.5"
+    assert [a["name"] for a in attrs["ome"]["multiscales"][0]["axes"]] == ["z", "y", "x"]
+    expected = {"fingerprint": "fp1", "kind": "image", "complete": True, "mean": float(data.mean())}
+    assert attrs["haloflow"] == expected
+
+
+def _small_store(path, kind="image", fingerprint="a", **overrides):
+    options = dict(shape=(4, 4), dtype="uint8", chunks=(2, 2), kind=kind, fingerprint=fingerprint)
+    return create_store(path, name="small", **{**options, **overrides})
+
+
+def test_create_store_overwrites_old_store_but_not_other_directories(tmp_path):
+    store = tmp_path / "labels.ome.zarr"
+    old = _small_store(store)
+    write_blocks(da.ones((4, 4), dtype="uint8", chunks=2), old).sum().compute()
+    mark_complete(old)
+    ref = _small_store(store, "labels", "b", shape=(6, 5), dtype="int32", chunks=(4, 4))
+    assert not is_complete(store)
+    assert read_ref(ref).compute().sum() == 0
+    assert "image-label" in zarr.open_group(str(store), mode="r").attrs["ome"]
+    (tmp_path / "precious").mkdir()
+    with pytest.raises(ValueError, match="precious"):
+        _small_store(tmp_path / "precious")
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes", "names"),
+    [
+        ((4, 4), None, ["y", "x"]),
+        ((2, 3, 4, 4), None, ["t", "z", "y", "x"]),
+        ((2, 4, 4), ("c", "y", "x"), ["c", "y", "x"]),
+    ],
+)
+def test_store_axes(tmp_path, shape, axes, names):
+    ref = _small_store(tmp_path / "s.zarr", shape=shape, chunks=shape, axes=axes)
+    ome = zarr.open_group(ref.store, mode="r").attrs["ome"]
+    assert [a["name"] for a in ome["multiscales"][0]["axes"]] == names
+    assert zarr.open_array(ref.store, path="0", mode="r").metadata.dimension_names == tuple(names)
+
+
+def test_mark_complete_refuses_another_fingerprint(tmp_path):
+    ref = _small_store(tmp_path / "s.zarr", "mask")
+    stale = ArrayRef(ref.store, "0", ref.shape, ref.dtype, ref.chunks, "mask", "b")
+    with pytest.raises(ValueError, match="s.zarr"):
+        mark_complete(stale)
+
+
+def test_open_store_ref_rejects_foreign_store(tmp_path):
+    zarr.open_group(str(tmp_path / "foreign.zarr"), mode="w")
+    with pytest.raises(ValueError, match="foreign.zarr"):
+        open_store_ref(tmp_path / "foreign.zarr")
+    assert not is_complete(tmp_path / "foreign.zarr")
+
+
+def test_write_blocks_checks_shape_and_dtype(tmp_path):
+    ref = _small_store(tmp_path / "s.zarr")
+    with pytest.raises(ValueError, match="dtype"):
+        write_blocks(da.zeros((4, 4), dtype="float64"), ref)
+    with pytest.raises(ValueError, match="shape"):
+        write_blocks(da.zeros((4, 5), dtype="uint8"), ref)
+
+
+# ---------------------------------------------------------------- input errors
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nope.tif"
+    with pytest.raises(InputError, match="nope.tif") as info:
+        resolve_input(missing)
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, InputNotFoundError)
+
+
+def test_glob_without_match(tmp_path):
+    with pytest.raises(InputError, match=r"nothing\*\.tif"):
+        resolve_input(str(tmp_path / "nothing*.tif"))
+
+
+def test_corrupt_tiff(tmp_path):
+    bad = tmp_path / "x.tif"
+    bad.write_bytes(b"this is not a tiff at all" * 20)
+    with pytest.raises(InputError, match=r"x\.tif: TiffFileError") as info:
+        resolve_input(bad)
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match=r"x\.tif"):
+        read_image(bad)
+
+
+def test_truncated_tiff(tmp_path):
+    path = tmp_path / "cut.tif"
+    _write_tiff(path, _volume((4, 32, 32)))
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(InputError, match=r"cut\.tif"):
+        resolve_input(path)
+
+
+def test_chunks_of_wrong_rank(tmp_path):
+    path = _write_tiff(tmp_path / "v.tif", _volume((3, 8, 8)))
+    with pytest.raises(InputError, match="chunks has 2 entries but the image has 3 axes"):
+        imread(path, chunks=(4, 4))
+
+
+def test_bad_input_types_and_dicts(tmp_path):
+    with pytest.raises(TypeError):
+        resolve_input(42)
+    with pytest.raises(InputError, match="'zarr'"):
+        resolve_input({"zar": "x"})
+    not_a_store = tmp_path / "folder"
+    not_a_store.mkdir()
+    with pytest.raises(InputError, match="folder"):
+        resolve_input(not_a_store)
+
+
+# ---------------------------------------------------------------- batch helpers
+
+
+def test_list_batch_images_and_read_image(tmp_path):
+    images = {name: _volume((6, 5), seed=i) for i, name in enumerate(["b.tif", "a.TIFF", "c.tif"])}
+    for name, image in images.items():
+        _write_tiff(tmp_path / name, image)
+    (tmp_path / "notes.txt").write_text("x")
+    listed = list_batch_images(tmp_path)
+    assert [p.name for p in listed] == ["a.TIFF", "b.tif", "c.tif"]
+    assert [p.name for p in list_batch_images(str(tmp_path / "*.tif"))] == ["b.tif", "c.tif"]
+    np.testing.assert_array_equal(read_image(listed[0]), images["a.TIFF"])
+    with pytest.raises(InputError, match=r"none\*"):
+        list_batch_images(str(tmp_path / "none*"))
+    with pytest.raises(InputError, match="empty"):
+        (tmp_path / "empty").mkdir()
+        list_batch_images(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- tables
+
+
+def test_table_round_trip_is_exact(tmp_path):
+    rng = np.random.default_rng(1)
+    columns = {
+        "label": np.arange(1, 6, dtype=np.int32),
+        "area": np.array([3, 0, 7, 2**40, -1], dtype=np.int64),
+        "mean": rng.normal(size=5),
+        "small": rng.random(5).astype(np.float32),
+        "odd": np.array([np.nan, np.inf, -0.0, 1e-300, 2.0]),
+        "name": np.array(["a", "b,c", 'quote"d', "x y", "1.5e"]),
+    }
+    path = tmp_path / "stats.csv"
+    write_table(columns, path)
+    assert sorted(os.listdir(tmp_path)) == ["stats.csv"]
+    back = read_table(path)
+    assert list(back) == list(columns)
+    assert back["label"].dtype == np.int64 and back["area"].dtype == np.int64
+    assert back["mean"].dtype == np.float64 and back["odd"].dtype == np.float64
+    for name, values in columns.items():
+        np.testing.assert_array_equal(back[name], values.astype(back[name].dtype))
+    assert np.array_equal(back["mean"], columns["mean"])  # bit-exact floats
+
+
+def test_write_table_validates_columns(tmp_path):
+    with pytest.raises(ValueError, match="'b'"):
+        write_table({"a": [1, 2], "b": [[1, 2]]}, tmp_path / "t.csv")
+    with pytest.raises(ValueError, match="length"):
+        write_table({"a": [1, 2], "b": [1]}, tmp_path / "t.csv")
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- fingerprints
+
+
+def test_fingerprint_follows_file_mtime(tmp_path):
+    path = _write_tiff(tmp_path / "v.tif", _volume((2, 8, 8)))
+    spec = resolve_input(path)
+    first = spec.fingerprint()
+    assert resolve_input(path).fingerprint() == first
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert spec.fingerprint() != first
+    assert spec.to_dict()["paths"] == [str(tmp_path / "v.tif")]
+
+
+def test_zarr_fingerprint_follows_chunk_changes(tmp_path):
+    array = zarr.create_array(str(tmp_path / "a.zarr"), shape=(8, 8), dtype="uint8", chunks=(4, 4))
+    array[...] = 1
+    spec = resolve_input(tmp_path / "a.zarr")
+    first = spec.fingerprint()
+    assert spec.fingerprint() == first
+    array[:4, :4] = 2
+    files = (tmp_path / "a.zarr").rglob("*")
+    chunk = next(p for p in files if p.is_file() and p.name != "zarr.json")
+    os.utime(chunk, ns=(0, os.stat(chunk).st_mtime_ns + 10**9))
+    assert spec.fingerprint() != first
