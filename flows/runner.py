@@ -19,11 +19,15 @@ imports ``prefect`` (nor ``prefect_dask``, which imports it) at module level:
 * :func:`ensure_api` should be entered **before** ``prefect`` is imported in
   the calling process, so that the process and every process it starts
   afterwards (Dask workers included) see ``PREFECT_API_URL``.  If prefect is
-  already imported it still works for this process (it also enters
-  ``prefect.settings.temporary_settings``), but do it early when you can.
+  already imported it still works for this process (it also overrides
+  prefect's in-process settings for the block), but do it early when you can.
+  Wrap the whole run in ONE ``ensure_api`` block: after it, a prefect imported
+  inside the block still names the stopped server.
 * :func:`make_task_runner` imports ``prefect_dask`` when called (typically at
   flow-decoration time); worker processes are spawned when the flow *runs*, so
   they inherit whatever ``os.environ`` holds at that moment.
+* :func:`drain_prefect_workers` (called by :func:`ensure_api` and
+  :meth:`LocalServer.stop`) flushes queued logs/events before a server stops.
 
 A typical entry point::
 
@@ -95,7 +99,9 @@ _SERVER_SETTINGS = {
 _RUNNING: set[LocalServer] = set()
 
 
-_SEED_FILES = ("prefect.db", "memo_store.toml")
+# Only the database: Prefect's memo_store.toml (skip block registration) is
+# keyed by the database URL, i.e. by PREFECT_HOME, so it never carries over.
+_SEED_FILES = ("prefect.db",)
 
 
 def database_seed_dir() -> Path:
@@ -133,7 +139,7 @@ def _save_seed(home: Path, seed: Path) -> None:
     """Snapshot the (just migrated, still empty) database of a running server."""
     import sqlite3
 
-    if (seed / "prefect.db").exists() or not (home / "memo_store.toml").is_file():
+    if (seed / "prefect.db").exists() or not (home / "prefect.db").is_file():
         return
     seed.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=seed.name + ".tmp-", dir=seed.parent))
@@ -147,7 +153,6 @@ def _save_seed(home: Path, seed: Path) -> None:
         finally:
             dst.close()
             src.close()
-        shutil.copyfile(home / "memo_store.toml", tmp / "memo_store.toml")
         os.rename(tmp, seed)  # atomic; fails if another process won the race
     except OSError:
         pass
@@ -174,6 +179,29 @@ def _prefect_command() -> list[str]:
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
     return [sys.executable, "-m", "prefect"]
+
+
+# Linux: the server gets SIGTERM if the thread that started it dies (even by
+# SIGKILL), so a killed run or test session leaves no orphan server behind.
+# A tiny launcher sets PR_SET_PDEATHSIG (kept across exec) and execs prefect:
+# no preexec_fn, which is unsafe once threads exist.
+_PDEATHSIG_LAUNCHER = """\
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except Exception:
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("parent exited before the Prefect server started")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _server_argv() -> list[str]:
+    command = [*_prefect_command(), "server", "start"]
+    if sys.platform.startswith("linux"):
+        return [sys.executable, "-c", _PDEATHSIG_LAUNCHER, str(os.getpid()), *command]
+    return command
 
 
 def server_environment(home: Path, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -258,9 +286,10 @@ class LocalServer:
         owns_home = home is None
         home = Path(tempfile.mkdtemp(prefix="haloflow-prefect-")) if home is None else Path(home)
         home.mkdir(parents=True, exist_ok=True)
-        seed = database_seed_dir() if seed_database and _uses_default_database() else None
-        seeded = seed is not None and not (home / "prefect.db").exists() and _copy_seed(seed, home)
-        attempts = 3 if port is None else 1
+        fresh = not (home / "prefect.db").exists()
+        seed = database_seed_dir() if seed_database and fresh and _uses_default_database() else None
+        seeded = seed is not None and _copy_seed(seed, home)
+        attempts = (3 if port is None else 1) + (1 if seeded else 0)
         last_error: RuntimeError | None = None
         for _ in range(attempts):
             try:
@@ -276,7 +305,7 @@ class LocalServer:
                 if "already in use" not in str(exc):
                     break
             else:
-                if seed is not None and not seeded:
+                if seed is not None and not seeded:  # fresh, just-migrated database
                     with contextlib.suppress(Exception):
                         _save_seed(home, seed)
                 return server
@@ -298,7 +327,7 @@ class LocalServer:
         else:  # pragma: no cover - Windows
             popen_kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
         process = subprocess.Popen(
-            [*_prefect_command(), "server", "start"],
+            _server_argv(),
             env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             cwd=str(home), **popen_kwargs,
         )
@@ -384,10 +413,6 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self._signal(signal.SIGKILL if os.name == "posix" else None, kill=True)
                 proc.wait(timeout)
-        elif os.name == "posix":
-            # Leader gone: make sure no stray children of the group survive.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
         _RUNNING.discard(self)
         if self._log_file is not None:
             self._log_file.close()
@@ -455,13 +480,12 @@ def drain_prefect_workers() -> None:
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     async def _drain() -> None:
-        with contextlib.suppress(RuntimeError):  # worker never started
-            result = APILogWorker.instance().drain()
+        # drain_all, not instance().drain(): instance() would start a new
+        # worker (and, with no API URL, a temporary server) just to drain it.
+        for service in (APILogWorker, EventsWorker):
+            result = service.drain_all(at_exit=False)
             if inspect.isawaitable(result):
                 await result
-        result = EventsWorker.drain_all()
-        if inspect.isawaitable(result):
-            await result
 
     run_coro_as_sync(_drain())
 
@@ -509,6 +533,15 @@ def ensure_api(home: Path | str | None = None, timeout: float = 60,
                 from prefect.settings import PREFECT_API_URL, temporary_settings
 
                 stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
+                # Prefect's background services (log and event workers) run in
+                # a thread that reads the process-global settings context, not
+                # the context variable set above: swap that one as well
+                # (private helper, used by prefect_test_harness).
+                import prefect.context as prefect_context
+
+                swap = getattr(prefect_context, "_temporary_global_settings_context", None)
+                if swap is not None:
+                    stack.enter_context(swap(prefect_context.get_settings_context()))
             try:
                 yield server.api_url
             finally:
@@ -522,7 +555,7 @@ def ensure_api(home: Path | str | None = None, timeout: float = 60,
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        server.stop()
+        server.stop(drain=False)  # drained above, while the settings named it
 
 
 def _quiet_distributed_logging(level: int = logging.WARNING) -> None:
@@ -546,8 +579,10 @@ def make_task_runner(cluster: str | None = None, n_workers: int | None = None,
     ----------
     cluster : str, optional
         Scheduler address ``"tcp://host:port"`` of an existing cluster.
-        Default: ``os.environ["HALOFLOW_CLUSTER"]`` if set.  With neither,
-        the flow run creates (and closes) its own ``distributed.LocalCluster``.
+        Default: ``os.environ["HALOFLOW_CLUSTER"]`` if set and no local-cluster
+        option (``n_workers``, ``memory_limit``, ``**cluster_kwargs``) is given.
+        Otherwise the flow run creates (and closes) its own
+        ``distributed.LocalCluster``.
     n_workers : int, optional
         Worker processes of the local cluster (default ``os.cpu_count()``).
     threads_per_worker : int
@@ -570,12 +605,15 @@ def make_task_runner(cluster: str | None = None, n_workers: int | None = None,
     from prefect_dask import DaskTaskRunner  # imports prefect: keep it lazy
 
     _quiet_distributed_logging()
-    address = cluster or os.environ.get(CLUSTER_ENV_VAR) or None
-    if address:
-        if n_workers is not None or memory_limit is not None or cluster_kwargs:
+    local_options = n_workers is not None or memory_limit is not None or bool(cluster_kwargs)
+    if cluster:
+        if local_options:
             raise ValueError("n_workers/memory_limit/cluster kwargs apply only to a local cluster, "
-                             f"not to the existing cluster at {address}")
-        return DaskTaskRunner(address=address)
+                             f"not to the existing cluster at {cluster}")
+        return DaskTaskRunner(address=cluster)
+    env_address = os.environ.get(CLUSTER_ENV_VAR)
+    if env_address and not local_options:
+        return DaskTaskRunner(address=env_address)
 
     kwargs: dict[str, Any] = {
         "n_workers": n_workers or os.cpu_count() or 1,

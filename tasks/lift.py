@@ -29,7 +29,7 @@ def lift_local(image: da.Array, params: OpParams) -> da.Array:
     """Run a pointwise or neighbourhood op on every block, with the op's halo.
 
     >>> from imageops.registry import GaussianParams
-    >>> x = da.ones((10, 10), chunks=(3, 7))
+    >>> x = da.ones((10, 10), chunks=(3, 7), dtype=np.uint16)
     >>> lift_local(x, GaussianParams(sigma=1.0)).dtype
     dtype('float32')
     """

@@ -21,7 +21,8 @@ from skimage import filters, measure
 
 from flows.cli import main as cli_main
 from tasks import io
-from tests.helpers import blobs, same_up_to_permutation
+from flows.demo import demo_volume
+from tests.helpers import same_up_to_permutation
 
 SIGMA = 1.5
 PROPS = ["label", "area", "centroid", "bbox", "intensity_mean", "intensity_min", "intensity_max"]
@@ -82,7 +83,7 @@ def assert_table_equal(table: dict, reference: dict, labels: np.ndarray, referen
 
 @pytest.fixture(scope="module")
 def volume() -> np.ndarray:
-    return blobs((30, 70, 52), seed=21, sigma=2.0, dtype=np.uint16)
+    return demo_volume((30, 70, 52), n_objects=60, seed=21)
 
 
 def write_spec(path: Path, input_, output: Path, *, flow="large_image", chunks=None) -> Path:
@@ -153,9 +154,9 @@ def test_zarr_store(tmp_path, volume, dask_cluster):
 
 def test_batch_over_images_of_different_shapes(tmp_path, dask_cluster):
     images = {
-        "a": blobs((60, 45), seed=1, sigma=2.0),
-        "b": blobs((33, 80), seed=2, sigma=2.0),
-        "c": blobs((50, 50), seed=3, sigma=2.0, dtype=np.uint8),
+        "a": demo_volume((60, 45), n_objects=20, seed=1),
+        "b": demo_volume((33, 80), n_objects=20, seed=2),
+        "c": (demo_volume((50, 50), n_objects=20, seed=3) // 256).astype(np.uint8),
     }
     for stem, image in images.items():
         tifffile.imwrite(tmp_path / f"{stem}.tif", image)
@@ -180,7 +181,7 @@ def test_batch_flow_from_python(tmp_path, dask_cluster):
     from flows.runner import make_task_runner
 
     for stem in ("x", "y"):
-        tifffile.imwrite(tmp_path / f"{stem}.tif", blobs((40, 40), seed=len(stem) + ord(stem), sigma=2.0))
+        tifffile.imwrite(tmp_path / f"{stem}.tif", demo_volume((40, 40), n_objects=10, seed=ord(stem)))
     flow = batch_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))
     result = flow(input=str(tmp_path / "*.tif"), steps=STEPS, output=str(tmp_path / "out"))
     assert result["images"] == ["x", "y"]

@@ -1,0 +1,611 @@
+"""Demo pipeline, end to end: ``haloflow run`` against plain scikit-image / SciPy.
+
+Both sides run the demo pipeline (gaussian sigma 2 -> Otsu -> label -> measure)
+on the same deterministic volume, each in a fresh process, and both write their
+outputs.  For each run this measures the wall time and the peak memory of the
+WHOLE process tree (the process and all its descendants: for haloflow, the
+Prefect server and the Dask scheduler / nannies / workers too), sampled with
+psutil every ``--interval-ms``.  Memory is reported as the peak of the summed
+PSS (proportional set size: shared pages split between the processes sharing
+them, so the sum does not count shared libraries once per process) and, for
+reference, the peak of the summed RSS (which does over-count them).
+
+Runs made (in this order):
+
+* ``haloflow cold``: ``haloflow run SPEC.yaml`` with ``HALOFLOW_PREFECT_HOME``
+  pointing to a new empty folder, i.e. what a user's first ever command sees
+  (a fresh Prefect database: migrations at server start).  ``--no-cold`` skips it.
+* ``haloflow warm-up``: one run on the default Prefect home
+  (``~/.cache/haloflow/prefect``), not reported in the table.
+* ``scikit-image warm-up``: one run of the plain script, not reported.
+* then ``--repeat`` times: ``haloflow warm`` and ``scikit-image``.
+
+No ``PREFECT_API_URL`` is passed to haloflow, so it starts its own local
+Prefect server, as a user's first command would.
+
+Usage::
+
+    python benchmarks/demo_compare.py                       # 128 512 512
+    python benchmarks/demo_compare.py --shape 64 256 256 --repeat 3
+    python benchmarks/demo_compare.py --markdown benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import psutil
+import yaml
+
+SECTION = "## Demo pipeline: haloflow vs scikit-image on the whole volume"
+GIB = 1024**3
+
+# The plain pipeline, on the whole volume in one process.
+SKIMAGE_SCRIPT = '''\
+import json, sys, time
+from pathlib import Path
+
+t0 = time.perf_counter()
+import numpy as np
+import tifffile
+from scipy import ndimage as ndi
+from skimage import filters, measure
+
+src, out = sys.argv[1], Path(sys.argv[2])
+out.mkdir(parents=True, exist_ok=True)
+times = {"import": time.perf_counter() - t0}
+
+t = time.perf_counter(); img = tifffile.imread(src); times["read"] = time.perf_counter() - t
+t = time.perf_counter(); smooth = ndi.gaussian_filter(img.astype(np.float32), 2.0, mode="nearest"); times["gaussian"] = time.perf_counter() - t
+t = time.perf_counter(); thr = filters.threshold_otsu(smooth); mask = smooth > thr; times["threshold"] = time.perf_counter() - t
+t = time.perf_counter(); labels = measure.label(mask); times["label"] = time.perf_counter() - t
+t = time.perf_counter()
+table = measure.regionprops_table(labels, img, properties=["label", "area", "centroid", "intensity_mean"])
+times["measure"] = time.perf_counter() - t
+t = time.perf_counter()
+tifffile.imwrite(out / "labels.tif", labels)
+names = list(table)
+with open(out / "measure.csv", "w") as f:
+    f.write(",".join(names) + "\\n")
+    for row in zip(*(table[n] for n in names)):
+        f.write(",".join(repr(v.item()) for v in row) + "\\n")
+times["write"] = time.perf_counter() - t
+objects = int(labels.max())
+print(json.dumps({"objects": objects, "threshold": float(thr), "labels_dtype": str(labels.dtype),
+                  "seconds": {k: round(v, 3) for k, v in times.items()}}))
+print(f"objects: {objects}")
+'''
+
+
+# --------------------------------------------------------------------------- measurement
+@dataclass
+class Sample:
+    t: float
+    rss: int
+    pss: int
+    uss: int
+    n: int
+
+
+@dataclass
+class RunResult:
+    label: str
+    argv: list[str]
+    returncode: int = 0
+    wall: float = 0.0
+    peak_pss: int = 0
+    peak_rss: int = 0
+    peak_uss: int = 0
+    max_procs: int = 0
+    n_samples: int = 0
+    mean_interval_ms: float = 0.0
+    lines: list[tuple[float, str, str]] = field(default_factory=list)  # (t since launch, stream, text)
+    events: dict[str, float] = field(default_factory=dict)
+    objects: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def text(self, stream: str | None = None) -> str:
+        return "\n".join(line for _, s, line in self.lines if stream is None or s == stream)
+
+
+def _tree(root: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return [root]
+
+
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _role(p: psutil.Process, root: psutil.Process, server: psutil.Process | None) -> str:
+    if p.pid == root.pid:
+        return "main"
+    if server is not None and p.pid == server.pid:
+        return "prefect server"
+    cmd = _cmdline(p)
+    if "server start" in cmd:
+        return "prefect server"
+    if "resource_tracker" in cmd:
+        return "other"
+    if "spawn" in cmd or "distributed" in cmd:
+        return "dask workers"
+    return "other"
+
+
+def _healthy(port: str) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}/api/health", timeout=0.5) as resp:
+            return resp.status == 200
+    except Exception:
+        return False
+
+
+def run_measured(label: str, argv: list[str], *, env: dict[str, str], cwd: Path, interval: float,
+                 log_dir: Path, watch_prefect: bool = False) -> RunResult:
+    """Run ``argv``; sample the memory of its process tree until it exits."""
+    res = RunResult(label, argv)
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, bufsize=1)
+    root = psutil.Process(proc.pid)
+
+    def reader(stream, name):
+        for line in stream:
+            res.lines.append((time.perf_counter() - start, name, line.rstrip("\n")))
+        stream.close()
+
+    readers = [threading.Thread(target=reader, args=(proc.stdout, "out"), daemon=True),
+               threading.Thread(target=reader, args=(proc.stderr, "err"), daemon=True)]
+    for th in readers:
+        th.start()
+
+    samples: list[Sample] = []
+    seen: set[int] = set()
+    cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, user+system seconds so far)
+    own_cpu = time.process_time()
+    server: psutil.Process | None = None
+    server_port: str | None = None
+    while True:
+        now = time.perf_counter() - start
+        rss = pss = uss = 0
+        procs = _tree(root)
+        for p in procs:
+            try:
+                m = p.memory_full_info()
+            except psutil.Error:
+                continue
+            rss += m.rss
+            pss += m.pss
+            uss += m.uss
+            try:
+                ct = p.cpu_times()
+                role = cpu[p.pid][0] if p.pid in cpu else _role(p, root, server)
+                cpu[p.pid] = (role, ct.user + ct.system)
+            except psutil.Error:
+                pass
+            if watch_prefect and p.pid not in seen:
+                seen.add(p.pid)
+                cmd = _cmdline(p)
+                if server is None and "server start" in cmd:
+                    server = p
+                    res.events["server_spawned"] = now
+                elif ("distributed" in cmd or "multiprocessing" in cmd) and "dask_first_process" not in res.events:
+                    res.events["dask_first_process"] = now
+        samples.append(Sample(now, rss, pss, uss, len(procs)))
+        if watch_prefect and server is not None and "server_healthy" not in res.events:
+            if server_port is None:
+                try:
+                    server_port = server.environ().get("PREFECT_SERVER_API_PORT")
+                except psutil.Error:
+                    pass
+            if server_port and _healthy(server_port):
+                res.events["server_healthy"] = time.perf_counter() - start
+        if watch_prefect and server is not None and "server_gone" not in res.events and not server.is_running():
+            res.events["server_gone"] = time.perf_counter() - start
+        if proc.poll() is not None:
+            break
+        time.sleep(interval)
+    res.wall = time.perf_counter() - start
+    res.returncode = proc.wait()
+    res.extra["monitor_cpu_s"] = time.process_time() - own_cpu
+    by_role: dict[str, float] = {}
+    for role, seconds in cpu.values():
+        by_role[role] = by_role.get(role, 0.0) + seconds
+    res.extra["cpu_s"] = by_role
+    for th in readers:
+        th.join(timeout=10)
+    res.peak_rss = max(s.rss for s in samples)
+    res.peak_pss = max(s.pss for s in samples)
+    res.peak_uss = max(s.uss for s in samples)
+    res.max_procs = max(s.n for s in samples)
+    res.n_samples = len(samples)
+    if len(samples) > 1:
+        res.mean_interval_ms = 1e3 * (samples[-1].t - samples[0].t) / (len(samples) - 1)
+    log = log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}.log"
+    log.write_text("\n".join(f"{t:8.3f} {s} | {line}" for t, s, line in sorted(res.lines)) + "\n")
+    res.extra["log"] = str(log)
+    if res.returncode != 0:
+        print(f"!! {label} exited with {res.returncode}; log in {log}\n{res.text('err')[-3000:]}", file=sys.stderr)
+    return res
+
+
+# --------------------------------------------------------------------------- the two sides
+def haloflow_run(label: str, tiff: Path, work: Path, args, prefect_home: Path | None) -> RunResult:
+    from flows.demo import demo_spec
+
+    out = work / f"out_{label.replace(' ', '_')}"
+    shutil.rmtree(out, ignore_errors=True)
+    spec_path = work / f"spec_{label.replace(' ', '_')}.yaml"
+    spec_path.write_text(yaml.safe_dump(demo_spec(str(tiff), str(out)), sort_keys=False))
+    env = dict(os.environ)
+    env.pop("PREFECT_API_URL", None)
+    if prefect_home is not None:
+        env["HALOFLOW_PREFECT_HOME"] = str(prefect_home)
+    else:
+        env.pop("HALOFLOW_PREFECT_HOME", None)
+    exe = shutil.which("haloflow") or "haloflow"
+    res = run_measured(label, [exe, "run", str(spec_path)], env=env, cwd=work, interval=args.interval_ms / 1e3,
+                       log_dir=work, watch_prefect=True)
+    res.extra["spec"] = str(spec_path)
+    res.extra["out"] = str(out)
+    run_json = out / "run.json"
+    if run_json.is_file():
+        record = json.loads(run_json.read_text())
+        res.extra["stages"] = {s["name"]: s["seconds"] for s in record["stages"]}
+        res.extra["statuses"] = {s["name"]: s["status"] for s in record["stages"]}
+        for s in record["stages"]:
+            if s["name"] == "03_label":
+                res.objects = (s.get("info") or {}).get("objects")
+    table = out / "04_measure.csv"
+    if table.is_file():
+        with open(table) as f:
+            res.extra["csv_rows"] = sum(1 for _ in f) - 1
+        res.extra["csv"] = str(table)
+    m = re.search(r"haloflow: done in ([0-9.]+) s", res.text("out"))
+    if m:
+        res.extra["done_in"] = float(m.group(1))
+    # Timeline from the run's own (timestamped on arrival) output.
+    for t, _, line in res.lines:
+        if "Beginning flow run" in line:
+            res.events.setdefault("flow_begins", t)
+        elif "Creating a new Dask cluster" in line:
+            res.events.setdefault("cluster_create", t)
+        elif "Task run '01_" in line or "The Dask dashboard is available" in line:
+            res.events.setdefault("cluster_ready", t)
+        if re.search(r"Flow run '.*' - Finished in state", line):
+            res.events.setdefault("flow_finished", t)
+        if line.startswith("haloflow: done in"):
+            res.events.setdefault("summary_printed", t)
+    return res
+
+
+def skimage_run(label: str, tiff: Path, work: Path, args) -> RunResult:
+    script = work / "skimage_pipeline.py"
+    script.write_text(SKIMAGE_SCRIPT)
+    out = work / f"out_{label.replace(' ', '_')}"
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ)
+    res = run_measured(label, [sys.executable, str(script), str(tiff), str(out)], env=env, cwd=work,
+                       interval=args.interval_ms / 1e3, log_dir=work)
+    res.extra["out"] = str(out)
+    res.extra["csv"] = str(out / "measure.csv")
+    for line in res.text("out").splitlines():
+        if line.startswith("{"):
+            info = json.loads(line)
+            res.objects = info["objects"]
+            res.extra["steps"] = info["seconds"]
+            res.extra["labels_dtype"] = info["labels_dtype"]
+            res.extra["threshold"] = info["threshold"]
+    return res
+
+
+def compare_tables(a: str, b: str) -> str:
+    """Compare two regionprops tables up to a permutation of the labels."""
+    import numpy as np
+
+    def load(path):
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        cols = ["area", "centroid-0", "centroid-1", "centroid-2", "intensity_mean"]
+        arr = np.array([[float(r[c]) for c in cols] for r in rows]).reshape(-1, len(cols))
+        return arr[np.lexsort(arr[:, ::-1].T)] if len(arr) else arr
+
+    try:
+        x, y = load(a), load(b)
+    except (OSError, KeyError, ValueError) as exc:
+        return f"could not compare ({exc})"
+    if x.shape != y.shape:
+        return f"different row counts ({len(x)} vs {len(y)})"
+    if not len(x):
+        return "both empty"
+    diff = np.abs(x - y)
+    rel = diff / np.maximum(np.abs(y), 1e-12)
+    ok = np.allclose(x, y, rtol=1e-6, atol=1e-6)
+    return (("equal" if ok else "DIFFERENT") + f" (sorted rows; max abs diff {diff.max():.3g}, max rel diff {rel.max():.3g})")
+
+
+# --------------------------------------------------------------------------- reporting
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("numpy", "scipy", "scikit-image", "dask", "distributed", "prefect", "prefect-dask",
+                 "tifffile", "zarr", "psutil", "haloflow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
+def _machine() -> str:
+    mem = psutil.virtual_memory().total / GIB
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"nproc {os.cpu_count()}, memory {mem:.1f} GiB, {platform.system()} {platform.release()}"
+            + (f", {cpu}" if cpu else ""))
+
+
+def _med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _fmt_spread(values: list[float], fmt: str) -> str:
+    text = format(_med(values), fmt)
+    if len(values) > 1:
+        text += f" ({format(min(values), fmt)}–{format(max(values), fmt)})"
+    return text
+
+
+def build_report(args, shape, command: str, setup: dict, groups: dict[str, list[RunResult]],
+                 checks: list[str]) -> str:
+    base = groups["scikit-image / SciPy (one process)"]
+    base_wall = _med([r.wall for r in base])
+    base_pss = _med([r.peak_pss for r in base])
+    lines = []
+    lines.append(f"Run on {setup['date']} with:\n\n```bash\n{command}\n```\n")
+    lines.append(f"Volume {'x'.join(map(str, shape))} uint16 ({setup['volume_mib']:.0f} MiB), generated with "
+                 f"`flows.demo.write_demo_tiff` in {setup['gen_s']:.1f} s; spec from `flows.demo.demo_spec` "
+                 f"(chunks {setup['chunks']}). Repeats: {args.repeat} (median, with min–max when more than one). "
+                 f"Memory sampled every {args.interval_ms:g} ms over the whole process tree.\n")
+    lines.append("| what | wall s | peak tree memory GiB (sum of PSS) | peak sum of RSS GiB | objects | ratio to scikit-image (wall / memory) |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | --- |")
+    for what, runs in groups.items():
+        walls = [r.wall for r in runs]
+        pss = [r.peak_pss / GIB for r in runs]
+        rss = [r.peak_rss / GIB for r in runs]
+        objs = sorted({r.objects for r in runs}, key=str)
+        ratio = f"{_med(walls) / base_wall:.1f}× / {_med([r.peak_pss for r in runs]) / base_pss:.2f}×"
+        lines.append(f"| {what} | {_fmt_spread(walls, '.1f')} | {_fmt_spread(pss, '.2f')} | "
+                     f"{_fmt_spread(rss, '.2f')} | {', '.join(map(str, objs))} | {ratio} |")
+    lines.append("")
+
+    # Where haloflow's time goes.
+    lines.append("Where the haloflow wall time goes (seconds per phase, medians; the phases add up to the wall time). "
+                 "Phase ends come from the process tree (the `prefect server start` child appearing), from polling "
+                 "that server's `/api/health`, and from the run's own log lines, timestamped as they arrive:\n")
+    lines.append("| haloflow run | CLI start → server spawned | Prefect server start-up (spawn → /api/health 200) | "
+                 "health → flow run begins | flow begins → Dask cluster ready | stages (sum of run.json seconds) | "
+                 "rest of the flow (task overhead, record, cluster close) | flow finished → process exit | wall | "
+                 "CLI's own `done in` |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for what, runs in groups.items():
+        if not what.startswith("haloflow"):
+            continue
+
+        def span(a, b):
+            vals = [r.events[b] - r.events[a] for r in runs if a in r.events and b in r.events]
+            return f"{_med(vals):.1f}" if vals else "?"
+
+        def start_to(b):
+            vals = [r.events[b] for r in runs if b in r.events]
+            return f"{_med(vals):.1f}" if vals else "?"
+
+        stages = [sum(r.extra.get("stages", {}).values()) for r in runs]
+        rest = [r.events["flow_finished"] - r.events["cluster_ready"] - sum(r.extra.get("stages", {}).values())
+                for r in runs if "flow_finished" in r.events and "cluster_ready" in r.events]
+        done = [r.extra["done_in"] for r in runs if "done_in" in r.extra]
+        lines.append(f"| {what} | {start_to('server_spawned')} | {span('server_spawned', 'server_healthy')} | "
+                     f"{span('server_healthy', 'flow_begins')} | {span('flow_begins', 'cluster_ready')} | "
+                     f"{_med(stages):.1f} | {(f'{_med(rest):.1f}' if rest else '?')} | "
+                     f"{span('flow_finished', 'exit')} | {_med([r.wall for r in runs]):.1f} | "
+                     f"{(f'{_med(done):.1f}' if done else '?')} |")
+    lines.append("")
+    lines.append("CPU seconds (user + system, medians) by process, read from the same samples (a process's last "
+                 "sample before it exits; this machine has 2 cores), and the CPU the sampler itself used:\n")
+    lines.append("| run | main process | Prefect server | Dask worker processes | other | total | CPU / wall | sampler CPU |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for what, runs in groups.items():
+        def role(name):
+            return _med([r.extra.get("cpu_s", {}).get(name, 0.0) for r in runs])
+        total = _med([sum(r.extra.get("cpu_s", {}).values()) for r in runs])
+        lines.append(f"| {what} | {role('main'):.1f} | {role('prefect server'):.1f} | {role('dask workers'):.1f} | "
+                     f"{role('other'):.1f} | {total:.1f} | {total / _med([r.wall for r in runs]):.2f} | "
+                     f"{_med([r.extra.get('monitor_cpu_s', 0.0) for r in runs]):.1f} |")
+    lines.append("")
+    per_stage = {}
+    for what, runs in groups.items():
+        if what.startswith("haloflow"):
+            for r in runs:
+                for k, v in r.extra.get("stages", {}).items():
+                    per_stage.setdefault(what, {}).setdefault(k, []).append(v)
+    sk_steps: dict[str, list[float]] = {}
+    for r in base:
+        for k, v in r.extra.get("steps", {}).items():
+            sk_steps.setdefault(k, []).append(v)
+    if per_stage or sk_steps:
+        lines.append("Per step (seconds, median): ")
+        for what, stages in per_stage.items():
+            lines.append(f"- {what}: " + ", ".join(f"{k} {_med(v):.1f}" for k, v in stages.items()))
+        if sk_steps:
+            lines.append("- scikit-image / SciPy: " + ", ".join(f"{k} {_med(v):.2f}" for k, v in sk_steps.items()))
+        lines.append("")
+    lines.append("Checks:\n")
+    lines.extend(f"- {c}" for c in checks)
+    lines.append("")
+    v = setup["versions"]
+    lines.append("Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".  ")
+    lines.append(f"Machine: {setup['machine']}.\n")
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, body: str) -> None:
+    section = f"{SECTION}\n\n{body.rstrip()}\n"
+    if path.exists():
+        text = path.read_text()
+        start = text.find(SECTION)
+        if start >= 0:
+            nxt = re.search(r"^## ", text[start + len(SECTION):], flags=re.M)
+            end = start + len(SECTION) + nxt.start() if nxt else len(text)
+            text = text[:start] + section + ("\n" + text[end:] if nxt else "")
+        else:
+            text = text.rstrip() + "\n\n" + section
+    else:
+        text = "# Benchmarks\n\n" + section
+    path.write_text(text)
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", type=int, nargs=3, default=[128, 512, 512], metavar=("Z", "Y", "X"))
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a new temporary folder (deleted unless --keep)")
+    parser.add_argument("--repeat", type=int, default=1, help="measured runs of each (default 1)")
+    parser.add_argument("--markdown", type=Path, default=None, help="append / replace the section in this file")
+    parser.add_argument("--interval-ms", type=float, default=25.0, help="memory sampling period (default 25)")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold haloflow run (fresh Prefect home)")
+    parser.add_argument("--keep", action="store_true", help="keep a temporary workdir")
+    args = parser.parse_args(argv)
+
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__)] + list(sys.argv[1:] if argv is None else argv))
+    shape = tuple(args.shape)
+    temp = args.workdir is None
+    work = Path(tempfile.mkdtemp(prefix="haloflow-bench-")) if temp else args.workdir.absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"workdir: {work}")
+    try:
+        from flows.demo import demo_spec, write_demo_tiff
+
+        tiff = work / "demo_volume.tif"
+        t = time.perf_counter()
+        write_demo_tiff(tiff, shape)
+        gen_s = time.perf_counter() - t
+        setup = {
+            "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            "gen_s": gen_s,
+            "volume_mib": tiff.stat().st_size / 2**20,
+            "chunks": demo_spec(str(tiff), "x")["chunks"],
+            "versions": _versions(),
+            "machine": _machine(),
+        }
+        print(f"volume {shape} written in {gen_s:.1f} s ({setup['volume_mib']:.0f} MiB)")
+
+        def show(r: RunResult):
+            print(f"  {r.label:<28} rc {r.returncode}  wall {r.wall:6.1f} s  peak PSS {r.peak_pss / GIB:5.2f} GiB"
+                  f"  RSS-sum {r.peak_rss / GIB:5.2f} GiB  procs {r.max_procs:2d}  objects {r.objects}"
+                  f"  ({r.n_samples} samples, {r.mean_interval_ms:.0f} ms)", flush=True)
+
+        groups: dict[str, list[RunResult]] = {}
+        all_runs: list[RunResult] = []
+        if not args.no_cold:
+            cold_home = work / "prefect-home-cold"
+            shutil.rmtree(cold_home, ignore_errors=True)
+            r = haloflow_run("haloflow cold", tiff, work, args, prefect_home=cold_home)
+            show(r)
+            groups["haloflow run, cold (first run: empty Prefect home)"] = [r]
+            all_runs.append(r)
+        r = haloflow_run("haloflow warm-up", tiff, work, args, prefect_home=None)
+        show(r)
+        all_runs.append(r)
+        r = skimage_run("skimage warm-up", tiff, work, args)
+        show(r)
+        all_runs.append(r)
+        warm, plain = [], []
+        for i in range(args.repeat):
+            r = haloflow_run(f"haloflow warm {i + 1}", tiff, work, args, prefect_home=None)
+            show(r)
+            warm.append(r)
+            r = skimage_run(f"skimage {i + 1}", tiff, work, args)
+            show(r)
+            plain.append(r)
+        all_runs += warm + plain
+        groups["haloflow run, warm (Prefect home reused)"] = warm
+        groups["scikit-image / SciPy (one process)"] = plain
+        for runs in groups.values():
+            for r in runs:
+                r.events["exit"] = r.wall
+
+        checks = []
+        failed = [r.label for r in all_runs if r.returncode != 0]
+        checks.append("all runs exited 0" if not failed else f"FAILED runs: {', '.join(failed)}")
+        counts = {r.label: r.objects for r in all_runs}
+        same = len(set(counts.values())) == 1
+        checks.append(("same object count in every run: " if same else "OBJECT COUNTS DIFFER: ")
+                      + (str(next(iter(counts.values()))) if same else str(counts)))
+        for r in all_runs:
+            if r.label.startswith("haloflow") and r.extra.get("csv_rows") != r.objects:
+                checks.append(f"{r.label}: 04_measure.csv has {r.extra.get('csv_rows')} rows, 03_label says {r.objects}")
+        checks.append("haloflow stage statuses: " + ", ".join(
+            sorted({f"{k} {v}" for r in all_runs for k, v in r.extra.get('statuses', {}).items()})))
+        checks.append(f"tables (haloflow `04_measure.csv` vs scikit-image's, rows sorted, labels ignored): "
+                      f"{compare_tables(warm[0].extra['csv'], plain[0].extra['csv'])}")
+        if plain[0].extra.get("labels_dtype"):
+            checks.append(f"scikit-image labels dtype {plain[0].extra['labels_dtype']} (written as a TIFF; haloflow writes "
+                          f"uint32 OME-Zarr stores for every step)")
+        warn = []
+        for r in all_runs:
+            n = sum(1 for _, _, line in r.lines if re.search(r"warn|error|exception|traceback", line, re.I))
+            if n:
+                warn.append(f"{r.label} {n}")
+        checks.append("output lines mentioning warning/error/exception: " + (", ".join(warn) if warn else "none"))
+        checks.append(f"largest process tree seen: haloflow {max(r.max_procs for r in all_runs if r.label.startswith('haloflow'))} "
+                      f"processes, scikit-image {max(r.max_procs for r in all_runs if r.label.startswith('skimage'))}")
+
+        report = build_report(args, shape, command, setup, groups, checks)
+        print()
+        print(report)
+        (work / "report.md").write_text(report)
+        (work / "runs.json").write_text(json.dumps([
+            {"label": r.label, "argv": r.argv, "rc": r.returncode, "wall": r.wall, "peak_pss": r.peak_pss,
+             "peak_rss": r.peak_rss, "peak_uss": r.peak_uss, "max_procs": r.max_procs, "objects": r.objects,
+             "events": r.events, "extra": r.extra} for r in all_runs], indent=1))
+        if args.markdown:
+            write_markdown(args.markdown, report)
+            print(f"section written to {args.markdown}")
+        return 0 if not failed and same else 1
+    finally:
+        if temp and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

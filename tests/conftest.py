@@ -1,0 +1,137 @@
+"""Session-wide test infrastructure: one Prefect API server, one Dask cluster.
+
+``pytest_configure`` runs before any test module is imported, hence before
+prefect is: it starts ONE local Prefect server for the whole session and puts
+its URL in ``os.environ["PREFECT_API_URL"]``, where prefect (in this process,
+and in every Dask worker process started later) reads it.  Without it every
+flow run would start its own temporary server (~7-10 s each), and Dask
+workers would each start one on a shared SQLite file ("database is locked").
+
+If ``PREFECT_API_URL`` is already set, that API is used and no server started.
+
+Fixtures
+--------
+prefect_api_url : str (session)
+    The Prefect API URL of the session.
+prefect_server : flows.runner.LocalServer or None (session)
+    The server started here, ``None`` when the API came from the environment.
+dask_cluster : str (session)
+    Scheduler address of a 2-worker, 1-thread-per-worker ``LocalCluster`` (worker
+    processes, 127.0.0.1, no dashboard).  Use it with
+    ``some_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+
+import pytest
+
+from flows.runner import LocalServer, drain_prefect_workers, start_local_server
+
+_SERVER_KEY = pytest.StashKey["LocalServer | None"]()
+_ENV_KEY = pytest.StashKey["dict[str, str | None]"]()
+
+#: Environment for the session, set before prefect is imported.
+_SESSION_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # Logs stay in the test process: pytest shows them for failing tests only.
+    "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+    # No "View at http://..." link nor colour codes in captured logs.
+    "PREFECT_UI_URL": os.environ.get("PREFECT_UI_URL", ""),
+    "PREFECT_LOGGING_COLORS": "false",
+    "PREFECT_CLI_COLORS": "false",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_SERVER_KEY] = None
+    config.stash[_ENV_KEY] = {}
+    if hasattr(config, "workerinput"):  # pytest-xdist worker: env inherited
+        return
+    if "prefect" in sys.modules:
+        warnings.warn(
+            "prefect was imported before tests/conftest.py configured the session; "
+            "its settings will not see the session's PREFECT_API_URL",
+            stacklevel=1,
+        )
+    saved: dict[str, str | None] = {}
+    updates = dict(_SESSION_ENV)
+    server: LocalServer | None = None
+    if not os.environ.get("PREFECT_API_URL"):
+        home = tempfile.mkdtemp(prefix="haloflow-test-prefect-")
+        try:
+            server = start_local_server(home=home, ui=False, seed_database=True)
+        except BaseException:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+        updates["PREFECT_API_URL"] = server.api_url
+    for key, value in updates.items():
+        saved[key] = os.environ.get(key)
+        os.environ[key] = value
+    config.stash[_SERVER_KEY] = server
+    config.stash[_ENV_KEY] = saved
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = config.stash.get(_SERVER_KEY, None)
+    if server is not None:
+        try:
+            drain_prefect_workers()  # queued logs/events, before the server goes
+        finally:
+            server.stop(drain=False)
+            shutil.rmtree(server.home, ignore_errors=True)
+        config.stash[_SERVER_KEY] = None
+    for key, value in config.stash.get(_ENV_KEY, {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    config.stash[_ENV_KEY] = {}
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    server = config.stash.get(_SERVER_KEY, None)
+    if server is not None:
+        return f"prefect: session server {server.api_url} (PREFECT_HOME={server.home})"
+    return f"prefect: PREFECT_API_URL={os.environ.get('PREFECT_API_URL')}"
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url() -> str:
+    """URL of the session's Prefect API (``PREFECT_API_URL``)."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        pytest.fail("PREFECT_API_URL is not set: tests/conftest.py pytest_configure did not run")
+    return url
+
+
+@pytest.fixture(scope="session")
+def prefect_server(pytestconfig: pytest.Config) -> LocalServer | None:
+    """The local server started for this session, or ``None`` if the API was external."""
+    return pytestconfig.stash.get(_SERVER_KEY, None)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(prefect_api_url: str):
+    """Scheduler address of a session-wide 2-process ``distributed.LocalCluster``.
+
+    Its worker processes inherit ``PREFECT_API_URL`` from this process.
+    """
+    import distributed
+
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        # The scheduler's HTTP server (/health, /metrics) otherwise takes :8787
+        # and a second cluster warns "Port 8787 is already in use" (an error here).
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    ) as cluster:
+        yield cluster.scheduler_address

@@ -1,0 +1,201 @@
+"""Tests of flows.runner (Prefect server, task runner) and tasks.cluster."""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.request
+
+import pytest
+
+from flows import runner
+from flows.runner import ensure_api, make_task_runner, start_local_server
+from tasks.cluster import compute_on_cluster, current_worker_address
+
+
+def _get(url: str, timeout: float = 5) -> int:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as resp:
+        return resp.status
+
+
+def _non_loopback_ipv4() -> str | None:
+    """An IPv4 address of this machine that is not loopback (no packet is sent)."""
+    candidates = set()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks a route
+            candidates.add(s.getsockname()[0])
+        except OSError:
+            pass
+    try:
+        candidates.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        pass
+    for ip in sorted(candidates):
+        if not ip.startswith("127.") and ip != "0.0.0.0":
+            return ip
+    return None
+
+
+# -- the local Prefect server -------------------------------------------------
+
+def test_session_api_answers_health(prefect_api_url):
+    assert prefect_api_url == os.environ["PREFECT_API_URL"]
+    assert _get(f"{prefect_api_url}/health") == 200
+
+
+def test_session_server_listens_on_loopback_only(prefect_server):
+    if prefect_server is None:
+        pytest.skip("PREFECT_API_URL came from the environment: no server started here")
+    psutil = pytest.importorskip("psutil")
+    proc = psutil.Process(prefect_server.pid)
+    listening = [
+        c.laddr
+        for p in [proc, *proc.children(recursive=True)]
+        for c in p.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert listening, "the server process listens on no socket"
+    assert {addr.ip for addr in listening} == {"127.0.0.1"}
+    assert prefect_server.port in {addr.port for addr in listening}
+    assert prefect_server.api_url == f"http://127.0.0.1:{prefect_server.port}/api"
+
+    ip = _non_loopback_ipv4()
+    if ip is not None:
+        with pytest.raises(OSError):
+            socket.create_connection((ip, prefect_server.port), timeout=2).close()
+
+
+def test_start_failure_is_a_clear_error_with_log_tail(tmp_path):
+    running_before = set(runner._RUNNING)
+    with pytest.raises(RuntimeError, match="did not answer /api/health") as info:
+        start_local_server(home=tmp_path, timeout=0.2, ui=False)
+    assert "tail of server log" in str(info.value)
+    # The half-started server was stopped and forgotten.
+    assert runner._RUNNING == running_before
+
+
+def test_ensure_api_leaves_existing_url_alone(monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    before = dict(os.environ)
+
+    def fail(*args, **kwargs):  # pragma: no cover - must not be called
+        raise AssertionError("ensure_api started a server although PREFECT_API_URL is set")
+
+    monkeypatch.setattr(runner, "start_local_server", fail)
+    with ensure_api() as url:
+        assert url == "http://127.0.0.1:9/api"
+        assert dict(os.environ) == before
+    assert dict(os.environ) == before
+
+
+@pytest.mark.slow
+def test_ensure_api_starts_and_stops_a_server(monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL")
+    with ensure_api(ui=False, seed_database=True) as url:
+        assert os.environ["PREFECT_API_URL"] == url
+        assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/api")
+        assert _get(f"{url}/health") == 200
+        (server,) = [s for s in runner._RUNNING if s.api_url == url]
+    assert "PREFECT_API_URL" not in os.environ
+    assert server.process.poll() is not None
+    assert not server.home.exists()  # temporary PREFECT_HOME removed
+    with pytest.raises(OSError):
+        _get(f"{url}/health", timeout=2)
+
+
+# -- task runner ----------------------------------------------------------------
+
+def test_make_task_runner_local_cluster_settings(monkeypatch):
+    monkeypatch.delenv(runner.CLUSTER_ENV_VAR, raising=False)
+    tr = make_task_runner(n_workers=3, memory_limit="1GiB")
+    assert tr.address is None
+    kw = tr.cluster_kwargs
+    assert kw["n_workers"] == 3 and kw["threads_per_worker"] == 1
+    assert kw["processes"] is True and kw["host"] == "127.0.0.1"
+    assert kw["dashboard_address"] is None and kw["memory_limit"] == "1GiB"
+    assert make_task_runner().cluster_kwargs["n_workers"] == (os.cpu_count() or 1)
+
+
+def test_make_task_runner_address_and_env_default(monkeypatch):
+    monkeypatch.delenv(runner.CLUSTER_ENV_VAR, raising=False)
+    assert make_task_runner(cluster="tcp://127.0.0.1:1234").address == "tcp://127.0.0.1:1234"
+    monkeypatch.setenv(runner.CLUSTER_ENV_VAR, "tcp://127.0.0.1:4321")
+    assert make_task_runner().address == "tcp://127.0.0.1:4321"
+    assert make_task_runner(cluster="tcp://127.0.0.1:1").address == "tcp://127.0.0.1:1"
+    # Explicit local-cluster options win over the environment's default address.
+    assert make_task_runner(n_workers=2).cluster_kwargs["n_workers"] == 2
+    with pytest.raises(ValueError, match="local cluster"):
+        make_task_runner(cluster="tcp://127.0.0.1:1", n_workers=2)
+
+
+# -- compute_on_cluster -----------------------------------------------------------
+
+def test_compute_on_cluster_without_cluster_uses_threads():
+    da = pytest.importorskip("dask.array")
+    assert current_worker_address() is None
+    x = da.arange(100, chunks=10)
+    assert int(compute_on_cluster(x.sum())) == 4950
+    total, maximum = compute_on_cluster(x.sum(), x.max())
+    assert (int(total), int(maximum)) == (4950, 99)
+    with pytest.raises(TypeError):
+        compute_on_cluster()
+
+
+def test_compute_on_cluster_uses_default_client(dask_cluster):
+    import distributed
+    import dask.array as da
+    import numpy as np
+
+    def where(block):
+        return np.array([[distributed.get_worker().address]], dtype=object)
+
+    x = da.ones((40, 40), chunks=10)
+    with distributed.Client(dask_cluster) as client:
+        total, places = compute_on_cluster(
+            x.sum(), x.map_blocks(where, dtype=object, chunks=(1, 1))
+        )
+        workers = set(client.scheduler_info(n_workers=-1)["workers"])
+    assert int(total) == 1600
+    assert set(places.ravel()) <= workers
+
+
+def test_flow_task_computes_on_the_cluster_workers(dask_cluster, prefect_api_url):
+    import distributed
+    import dask.array as da
+    import numpy as np
+    from prefect import flow, task
+
+    def where(block):
+        return np.array([[distributed.get_worker().address]], dtype=object)
+
+    @task
+    def chunk_sum(n: int) -> dict:
+        x = da.arange(n * n, chunks=n * n // 64).reshape(n, n)  # 64 chunks
+        total, places = compute_on_cluster(
+            x.sum(), x.map_blocks(where, dtype=object, chunks=(1, 1))
+        )
+        return {
+            "total": int(total),
+            "task_worker": current_worker_address(),
+            "chunk_workers": sorted(set(places.ravel())),
+            "pid": os.getpid(),
+            "api_url": os.environ.get("PREFECT_API_URL"),
+        }
+
+    @flow(task_runner=make_task_runner())  # as a pipeline would declare it
+    def sum_flow(n: int = 64) -> dict:
+        return chunk_sum.submit(n).result()
+
+    on_cluster = sum_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))
+    out = on_cluster(n=64)
+
+    with distributed.Client(dask_cluster, set_as_default=False) as client:
+        workers = set(client.scheduler_info(n_workers=-1)["workers"])
+    assert out["total"] == sum(range(64 * 64))
+    assert out["task_worker"] in workers
+    assert set(out["chunk_workers"]) <= workers
+    assert out["pid"] != os.getpid()
+    assert out["api_url"] == prefect_api_url  # workers inherited the session API
