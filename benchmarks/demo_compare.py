@@ -156,6 +156,29 @@ def _role(p: psutil.Process, root: psutil.Process, server: psutil.Process | None
     return "other"
 
 
+def system_busy() -> float:
+    """CPU seconds the whole machine has spent busy (all cores) since boot."""
+    t = psutil.cpu_times()
+    return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.1) -> tuple[float, float]:
+    """Wait (at most ``max_wait`` s) until the machine is nearly idle over one second.
+
+    Returns (seconds waited, busy fraction of all cores in the last second).
+    Other sessions share this machine; their test runs would distort ours.
+    """
+    started = time.monotonic()
+    ncpu = psutil.cpu_count() or 1
+    while True:
+        b0 = system_busy()
+        time.sleep(1.0)
+        frac = (system_busy() - b0) / ncpu
+        waited = time.monotonic() - started
+        if frac < threshold or waited >= max_wait:
+            return waited, frac
+
+
 def _healthy(port: str) -> bool:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -166,9 +189,14 @@ def _healthy(port: str) -> bool:
 
 
 def run_measured(label: str, argv: list[str], *, env: dict[str, str], cwd: Path, interval: float,
-                 log_dir: Path, watch_prefect: bool = False) -> RunResult:
+                 log_dir: Path, watch_prefect: bool = False, quiet_wait: float = 0.0) -> RunResult:
     """Run ``argv``; sample the memory of its process tree until it exits."""
     res = RunResult(label, argv)
+    if quiet_wait > 0:
+        waited, frac = wait_quiet(quiet_wait)
+        res.extra["quiet_wait_s"] = waited
+        res.extra["busy_before"] = frac
+    busy0 = system_busy()
     start = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True, bufsize=1)
@@ -233,10 +261,14 @@ def run_measured(label: str, argv: list[str], *, env: dict[str, str], cwd: Path,
     res.wall = time.perf_counter() - start
     res.returncode = proc.wait()
     res.extra["monitor_cpu_s"] = time.process_time() - own_cpu
+    res.extra["machine_busy_s"] = system_busy() - busy0
     by_role: dict[str, float] = {}
     for role, seconds in cpu.values():
         by_role[role] = by_role.get(role, 0.0) + seconds
     res.extra["cpu_s"] = by_role
+    # CPU used by everything else on the machine meanwhile (other users' work), in cores.
+    background = res.extra["machine_busy_s"] - sum(by_role.values()) - res.extra["monitor_cpu_s"]
+    res.extra["background_cores"] = max(0.0, background) / res.wall
     for th in readers:
         th.join(timeout=10)
     res.peak_rss = max(s.rss for s in samples)
@@ -270,7 +302,7 @@ def haloflow_run(label: str, tiff: Path, work: Path, args, prefect_home: Path | 
         env.pop("HALOFLOW_PREFECT_HOME", None)
     exe = shutil.which("haloflow") or "haloflow"
     res = run_measured(label, [exe, "run", str(spec_path)], env=env, cwd=work, interval=args.interval_ms / 1e3,
-                       log_dir=work, watch_prefect=True)
+                       log_dir=work, watch_prefect=True, quiet_wait=args.quiet_wait)
     res.extra["spec"] = str(spec_path)
     res.extra["out"] = str(out)
     run_json = out / "run.json"
@@ -311,7 +343,7 @@ def skimage_run(label: str, tiff: Path, work: Path, args) -> RunResult:
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ)
     res = run_measured(label, [sys.executable, str(script), str(tiff), str(out)], env=env, cwd=work,
-                       interval=args.interval_ms / 1e3, log_dir=work)
+                       interval=args.interval_ms / 1e3, log_dir=work, quiet_wait=args.quiet_wait)
     res.extra["out"] = str(out)
     res.extra["csv"] = str(out / "measure.csv")
     for line in res.text("out").splitlines():
@@ -396,9 +428,13 @@ def build_report(args, shape, command: str, setup: dict, groups: dict[str, list[
     lines.append(f"Volume {'x'.join(map(str, shape))} uint16 ({setup['volume_mib']:.0f} MiB), generated with "
                  f"`flows.demo.write_demo_tiff` in {setup['gen_s']:.1f} s; spec from `flows.demo.demo_spec` "
                  f"(chunks {setup['chunks']}). Repeats: {args.repeat} (median, with min–max when more than one). "
-                 f"Memory sampled every {args.interval_ms:g} ms over the whole process tree.\n")
-    lines.append("| what | wall s | peak tree memory GiB (sum of PSS) | peak sum of RSS GiB | objects | ratio to scikit-image (wall / memory) |")
-    lines.append("| --- | ---: | ---: | ---: | ---: | --- |")
+                 f"Memory of the whole process tree sampled every {args.interval_ms:g} ms (achieved: "
+                 f"{_med([r.mean_interval_ms for rs in groups.values() for r in rs]):.0f} ms median). Runs alternate; "
+                 f"before each, the script waits (up to {args.quiet_wait:g} s) for the machine to be idle, since other "
+                 f"work may share it: the last column is the CPU used meanwhile by everything outside the measured "
+                 f"tree and the sampler, in cores (this machine has {os.cpu_count()}).\n")
+    lines.append("| what | wall s | peak tree memory GiB (sum of PSS) | peak sum of RSS GiB | objects | ratio to scikit-image (wall / memory) | other load on the machine, cores |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
     for what, runs in groups.items():
         walls = [r.wall for r in runs]
         pss = [r.peak_pss / GIB for r in runs]
@@ -406,7 +442,8 @@ def build_report(args, shape, command: str, setup: dict, groups: dict[str, list[
         objs = sorted({r.objects for r in runs}, key=str)
         ratio = f"{_med(walls) / base_wall:.1f}× / {_med([r.peak_pss for r in runs]) / base_pss:.2f}×"
         lines.append(f"| {what} | {_fmt_spread(walls, '.1f')} | {_fmt_spread(pss, '.2f')} | "
-                     f"{_fmt_spread(rss, '.2f')} | {', '.join(map(str, objs))} | {ratio} |")
+                     f"{_fmt_spread(rss, '.2f')} | {', '.join(map(str, objs))} | {ratio} | "
+                     f"{_fmt_spread([r.extra.get('background_cores', 0.0) for r in runs], '.2f')} |")
     lines.append("")
 
     # Where haloflow's time goes.
@@ -503,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, default=None, help="append / replace the section in this file")
     parser.add_argument("--interval-ms", type=float, default=25.0, help="memory sampling period (default 25)")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold haloflow run (fresh Prefect home)")
+    parser.add_argument("--quiet-wait", type=float, default=120.0,
+                        help="before each run, wait up to this many seconds for the machine to be idle (default 120; 0: don't)")
     parser.add_argument("--keep", action="store_true", help="keep a temporary workdir")
     args = parser.parse_args(argv)
 
@@ -530,9 +569,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"volume {shape} written in {gen_s:.1f} s ({setup['volume_mib']:.0f} MiB)")
 
         def show(r: RunResult):
-            print(f"  {r.label:<28} rc {r.returncode}  wall {r.wall:6.1f} s  peak PSS {r.peak_pss / GIB:5.2f} GiB"
+            print(f"  {r.label:<20} rc {r.returncode}  wall {r.wall:6.1f} s  peak PSS {r.peak_pss / GIB:5.2f} GiB"
                   f"  RSS-sum {r.peak_rss / GIB:5.2f} GiB  procs {r.max_procs:2d}  objects {r.objects}"
-                  f"  ({r.n_samples} samples, {r.mean_interval_ms:.0f} ms)", flush=True)
+                  f"  ({r.n_samples} samples, {r.mean_interval_ms:.0f} ms)  other load {r.extra['background_cores']:.2f} cores"
+                  f" (waited {r.extra.get('quiet_wait_s', 0):.0f} s)", flush=True)
 
         groups: dict[str, list[RunResult]] = {}
         all_runs: list[RunResult] = []

@@ -91,7 +91,7 @@ def _run(spec, args) -> int:
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     started = time.perf_counter()
-    with ensure_api(home=_server_home()):
+    with ensure_api(seed_database=True):
         from flows.pipeline import batch_flow, large_image_flow
         from flows.runner import make_task_runner
 
@@ -122,12 +122,6 @@ def _check_output(output: str) -> None:
         from tasks.io import InputError
 
         raise InputError(f"output {path} is a file, not a folder")
-
-
-def _server_home() -> Path:
-    """The Prefect home of the run's own local server, kept between runs (a warm database starts faster)."""
-    default = Path.home() / ".cache" / "haloflow" / "prefect"
-    return Path(os.environ.get("HALOFLOW_PREFECT_HOME", default))
 
 
 def _bad_input(error: Exception) -> int:

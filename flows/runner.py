@@ -512,8 +512,9 @@ def ensure_api(home: Path | str | None = None, timeout: float = 60,
     ``seed_database`` go to :func:`start_local_server`.
 
     Enter it BEFORE importing prefect.  If prefect is already imported in
-    this process, its settings are also overridden for the block with
-    ``prefect.settings.temporary_settings``.
+    this process, its in-process settings (context and process-global) are
+    also overridden for the block.  Queued Prefect logs/events are flushed
+    before the server stops.
     """
     existing = configured_api_url()
     if existing:
@@ -628,5 +629,6 @@ def make_task_runner(cluster: str | None = None, n_workers: int | None = None,
     }
     if memory_limit is not None:
         kwargs["memory_limit"] = memory_limit
-    kwargs.update(cluster_kwargs)
+    scheduler_kwargs = {**kwargs["scheduler_kwargs"], **cluster_kwargs.pop("scheduler_kwargs", {})}
+    kwargs.update(cluster_kwargs, scheduler_kwargs=scheduler_kwargs)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
