@@ -5,18 +5,28 @@ on the same deterministic volume, each in a fresh process, and both write their
 outputs.  For each run this measures the wall time and the peak memory of the
 WHOLE process tree (the process and all its descendants: for haloflow, the
 Prefect server and the Dask scheduler / nannies / workers too), sampled with
-psutil every ``--interval-ms``.  Memory is reported as the peak of the summed
-PSS (proportional set size: shared pages split between the processes sharing
-them, so the sum does not count shared libraries once per process) and, for
-reference, the peak of the summed RSS (which does over-count them).
+psutil every ``--interval-ms`` (RSS on every sample; each process's PSS, which
+costs more to read, again whenever its RSS has moved by more than
+``PSS_RSS_STEP`` or ``PSS_MAX_AGE`` after its last read, and in between
+estimated as its RSS now minus the RSS - PSS difference of that last read).
+Memory is reported as the peak of the summed PSS (proportional set size:
+shared pages split between the processes sharing them, so the sum does not
+count shared libraries once per process) and, for reference, the peak of the
+summed RSS (which does over-count them).  Also recorded: CPU seconds per
+process role, the sampler's own CPU, and the CPU used meanwhile by anything
+else on the machine (other sessions may share it; before each run the script
+waits, up to ``--quiet-wait`` seconds, for the machine to be idle).
 
 Runs made (in this order):
 
-* ``haloflow cold``: ``haloflow run SPEC.yaml`` with ``HALOFLOW_PREFECT_HOME``
-  pointing to a new empty folder, i.e. what a user's first ever command sees
-  (a fresh Prefect database: migrations at server start).  ``--no-cold`` skips it.
-* ``haloflow warm-up``: one run on the default Prefect home
-  (``~/.cache/haloflow/prefect``), not reported in the table.
+* ``haloflow cold``: ``haloflow run SPEC.yaml`` with haloflow's caches
+  (``HALOFLOW_CACHE_DIR``: the seed database the CLI copies into each run's
+  Prefect home; ``HALOFLOW_PREFECT_HOME``: the Prefect home kept between runs
+  by older versions of the CLI) pointed at new empty folders, i.e. what a
+  user's first ever command sees: the Prefect server migrates a new database.
+  ``--no-cold`` skips it.
+* ``haloflow warm-up``: one run with the user's default caches
+  (``~/.cache/haloflow``), not reported in the table.
 * ``scikit-image warm-up``: one run of the plain script, not reported.
 * then ``--repeat`` times: ``haloflow warm`` and ``scikit-image``.
 
@@ -58,6 +68,9 @@ import yaml
 
 SECTION = "## Demo pipeline: haloflow vs scikit-image on the whole volume"
 GIB = 1024**3
+SLOW_EVERY = 4  # ticks between rescans of the process tree (and PSS / CPU-time reads)
+PSS_RSS_STEP = 2 * 2**20  # re-read a process's PSS when its RSS moved by more than this since the last read
+PSS_MAX_AGE = 1.0  # ... or when the last read is older than this (seconds)
 
 # The plain pipeline, on the whole volume in one process.
 SKIMAGE_SCRIPT = '''\
@@ -101,8 +114,8 @@ print(f"objects: {objects}")
 class Sample:
     t: float
     rss: int
-    pss: int
-    uss: int
+    pss: int | None
+    uss: int | None
     n: int
 
 
@@ -179,10 +192,12 @@ def wait_quiet(max_wait: float, threshold: float = 0.1) -> tuple[float, float]:
             return waited, frac
 
 
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy for 127.0.0.1
+
+
 def _healthy(port: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(f"http://127.0.0.1:{port}/api/health", timeout=0.5) as resp:
+        with _OPENER.open(f"http://127.0.0.1:{port}/api/health", timeout=0.5) as resp:
             return resp.status == 200
     except Exception:
         return False
@@ -218,34 +233,58 @@ def run_measured(label: str, argv: list[str], *, env: dict[str, str], cwd: Path,
     own_cpu = time.process_time()
     server: psutil.Process | None = None
     server_port: str | None = None
+    procs: list[psutil.Process] = [root]
+    pss_state: dict[int, tuple[int, int, int, float]] = {}  # pid -> (rss, pss, uss, t) at its last PSS read
+    pss_reads = 0
+    tick = 0
+    next_at = time.perf_counter()
     while True:
         now = time.perf_counter() - start
-        rss = pss = uss = 0
-        procs = _tree(root)
+        slow = tick % SLOW_EVERY == 0  # tree rescan and CPU times: every SLOW_EVERY ticks
+        if slow:
+            procs = _tree(root)
+        alive, rss_of = [], []
         for p in procs:
             try:
-                m = p.memory_full_info()
+                rss_of.append(p.memory_info().rss)
+                alive.append(p)
             except psutil.Error:
                 continue
-            rss += m.rss
-            pss += m.pss
-            uss += m.uss
-            try:
-                ct = p.cpu_times()
-                role = cpu[p.pid][0] if p.pid in cpu else _role(p, root, server)
-                cpu[p.pid] = (role, ct.user + ct.system)
-            except psutil.Error:
-                pass
-            if watch_prefect and p.pid not in seen:
-                seen.add(p.pid)
-                cmd = _cmdline(p)
-                if server is None and "server start" in cmd:
-                    server = p
-                    res.events["server_spawned"] = now
-                elif ("distributed" in cmd or "multiprocessing" in cmd) and "dask_first_process" not in res.events:
-                    res.events["dask_first_process"] = now
-        samples.append(Sample(now, rss, pss, uss, len(procs)))
-        if watch_prefect and server is not None and "server_healthy" not in res.events:
+        rss = sum(rss_of)
+        # PSS (smaps_rollup) costs 0.5-2 ms per large process, RSS almost nothing.  A process's PSS is
+        # re-read when its RSS moved by more than PSS_RSS_STEP since the last read, or PSS_MAX_AGE s
+        # ago; in between, PSS = RSS now - (RSS - PSS at the last read): the shared-page discount
+        # changes only when shared mappings do.
+        pss = uss = 0
+        for p, r in zip(alive, rss_of):
+            last = pss_state.get(p.pid)
+            if last is None or abs(r - last[0]) > PSS_RSS_STEP or now - last[3] > PSS_MAX_AGE:
+                try:
+                    m = p.memory_full_info()
+                except psutil.Error:
+                    continue
+                last = pss_state[p.pid] = (m.rss, m.pss, m.uss, now)
+                pss_reads += 1
+            pss += r - (last[0] - last[1])
+            uss += r - (last[0] - last[2])
+        if slow:
+            for p in alive:
+                try:
+                    ct = p.cpu_times()
+                    role = cpu[p.pid][0] if p.pid in cpu else _role(p, root, server)
+                    cpu[p.pid] = (role, ct.user + ct.system)
+                except psutil.Error:
+                    pass
+                if watch_prefect and p.pid not in seen:
+                    seen.add(p.pid)
+                    cmd = _cmdline(p)
+                    if server is None and "server start" in cmd:
+                        server = p
+                        res.events["server_spawned"] = now
+                    elif ("distributed" in cmd or "multiprocessing" in cmd) and "dask_first_process" not in res.events:
+                        res.events["dask_first_process"] = now
+        samples.append(Sample(now, rss, pss, uss, len(alive)))
+        if watch_prefect and server is not None and "server_healthy" not in res.events and tick % 2 == 0:  # 50 ms resolution
             if server_port is None:
                 try:
                     server_port = server.environ().get("PREFECT_SERVER_API_PORT")
@@ -253,11 +292,13 @@ def run_measured(label: str, argv: list[str], *, env: dict[str, str], cwd: Path,
                     pass
             if server_port and _healthy(server_port):
                 res.events["server_healthy"] = time.perf_counter() - start
-        if watch_prefect and server is not None and "server_gone" not in res.events and not server.is_running():
+        if watch_prefect and server is not None and "server_gone" not in res.events and slow and not server.is_running():
             res.events["server_gone"] = time.perf_counter() - start
         if proc.poll() is not None:
             break
-        time.sleep(interval)
+        tick += 1
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.perf_counter()))
     res.wall = time.perf_counter() - start
     res.returncode = proc.wait()
     res.extra["monitor_cpu_s"] = time.process_time() - own_cpu
@@ -272,8 +313,9 @@ def run_measured(label: str, argv: list[str], *, env: dict[str, str], cwd: Path,
     for th in readers:
         th.join(timeout=10)
     res.peak_rss = max(s.rss for s in samples)
-    res.peak_pss = max(s.pss for s in samples)
-    res.peak_uss = max(s.uss for s in samples)
+    res.peak_pss = max(s.pss for s in samples if s.pss is not None)
+    res.peak_uss = max(s.uss for s in samples if s.uss is not None)
+    res.extra["pss_reads"] = pss_reads
     res.max_procs = max(s.n for s in samples)
     res.n_samples = len(samples)
     if len(samples) > 1:
@@ -287,7 +329,7 @@ def run_measured(label: str, argv: list[str], *, env: dict[str, str], cwd: Path,
 
 
 # --------------------------------------------------------------------------- the two sides
-def haloflow_run(label: str, tiff: Path, work: Path, args, prefect_home: Path | None) -> RunResult:
+def haloflow_run(label: str, tiff: Path, work: Path, args, cold_cache: Path | None) -> RunResult:
     from flows.demo import demo_spec
 
     out = work / f"out_{label.replace(' ', '_')}"
@@ -296,10 +338,14 @@ def haloflow_run(label: str, tiff: Path, work: Path, args, prefect_home: Path | 
     spec_path.write_text(yaml.safe_dump(demo_spec(str(tiff), str(out)), sort_keys=False))
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
-    if prefect_home is not None:
-        env["HALOFLOW_PREFECT_HOME"] = str(prefect_home)
-    else:
-        env.pop("HALOFLOW_PREFECT_HOME", None)
+    for name in ("HALOFLOW_CACHE_DIR", "HALOFLOW_PREFECT_HOME"):
+        env.pop(name, None)
+    if cold_cache is not None:
+        shutil.rmtree(cold_cache, ignore_errors=True)
+        env["HALOFLOW_CACHE_DIR"] = str(cold_cache / "cache")
+        env["HALOFLOW_PREFECT_HOME"] = str(cold_cache / "prefect-home")
+    if args.haloflow_src:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.haloflow_src), env.get("PYTHONPATH")]))
     exe = shutil.which("haloflow") or "haloflow"
     res = run_measured(label, [exe, "run", str(spec_path)], env=env, cwd=work, interval=args.interval_ms / 1e3,
                        log_dir=work, watch_prefect=True, quiet_wait=args.quiet_wait)
@@ -393,6 +439,21 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _describe_source(source: Path) -> str:
+    """Where the haloflow that ran came from, with its git commit when it is a checkout."""
+    text = f"`{source}`"
+    try:
+        head = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            text += f" (git {head.stdout.strip()}{', with uncommitted changes' if dirty else ''})"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return text
+
+
 def _machine() -> str:
     mem = psutil.virtual_memory().total / GIB
     cpu = ""
@@ -428,8 +489,13 @@ def build_report(args, shape, command: str, setup: dict, groups: dict[str, list[
     lines.append(f"Volume {'x'.join(map(str, shape))} uint16 ({setup['volume_mib']:.0f} MiB), generated with "
                  f"`flows.demo.write_demo_tiff` in {setup['gen_s']:.1f} s; spec from `flows.demo.demo_spec` "
                  f"(chunks {setup['chunks']}). Repeats: {args.repeat} (median, with min–max when more than one). "
-                 f"Memory of the whole process tree sampled every {args.interval_ms:g} ms (achieved: "
-                 f"{_med([r.mean_interval_ms for rs in groups.values() for r in rs]):.0f} ms median). Runs alternate; "
+                 f"Memory of the whole process tree (the process and all its descendants, found again every "
+                 f"{SLOW_EVERY} samples) sampled every {args.interval_ms:g} ms (achieved: "
+                 f"{_med([r.mean_interval_ms for rs in groups.values() for r in rs]):.0f} ms median): RSS on every "
+                 f"sample; each process's PSS is read again when its RSS moved by more than "
+                 f"{PSS_RSS_STEP / 2**20:g} MiB or {PSS_MAX_AGE:g} s after its last read, and in between taken as its "
+                 f"RSS minus the shared-page discount (RSS − PSS) of that last read. "
+                 f"Runs alternate; "
                  f"before each, the script waits (up to {args.quiet_wait:g} s) for the machine to be idle, since other "
                  f"work may share it: the last column is the CPU used meanwhile by everything outside the measured "
                  f"tree and the sampler, in cores (this machine has {os.cpu_count()}).\n")
@@ -511,7 +577,8 @@ def build_report(args, shape, command: str, setup: dict, groups: dict[str, list[
     lines.append("")
     v = setup["versions"]
     lines.append("Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".  ")
-    lines.append(f"Machine: {setup['machine']}.\n")
+    lines.append(f"Machine: {setup['machine']}.  ")
+    lines.append(f"haloflow source: {setup['source']}.\n")
     return "\n".join(lines)
 
 
@@ -542,6 +609,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cold", action="store_true", help="skip the cold haloflow run (fresh Prefect home)")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="before each run, wait up to this many seconds for the machine to be idle (default 120; 0: don't)")
+    parser.add_argument("--max-other-load", type=float, default=0.25,
+                        help="a measured run during which other work used more CPU than this (cores) is made again")
+    parser.add_argument("--retries", type=int, default=2, help="at most this many re-runs of a disturbed run (default 2)")
+    parser.add_argument("--haloflow-src", type=Path, default=None,
+                        help="run haloflow from this source tree (put first on PYTHONPATH), e.g. an export of a commit; "
+                             "default: the installed package")
     parser.add_argument("--keep", action="store_true", help="keep a temporary workdir")
     args = parser.parse_args(argv)
 
@@ -551,8 +624,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="haloflow-bench-")) if temp else args.workdir.absolute()
     work.mkdir(parents=True, exist_ok=True)
     print(f"workdir: {work}")
+    if args.haloflow_src:
+        args.haloflow_src = args.haloflow_src.absolute()
+        sys.path.insert(0, str(args.haloflow_src))
     try:
         from flows.demo import demo_spec, write_demo_tiff
+        import flows
+
+        source = Path(flows.__file__).resolve().parent.parent
 
         tiff = work / "demo_volume.tif"
         t = time.perf_counter()
@@ -565,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             "chunks": demo_spec(str(tiff), "x")["chunks"],
             "versions": _versions(),
             "machine": _machine(),
+            "source": _describe_source(source),
         }
         print(f"volume {shape} written in {gen_s:.1f} s ({setup['volume_mib']:.0f} MiB)")
 
@@ -576,14 +656,27 @@ def main(argv: list[str] | None = None) -> int:
 
         groups: dict[str, list[RunResult]] = {}
         all_runs: list[RunResult] = []
+        discarded: list[RunResult] = []
+
+        def quiet(make, label: str) -> RunResult:
+            """Run; if other work on the machine used more than --max-other-load cores meanwhile, run again
+            (at most --retries times) and keep the least disturbed run."""
+            tried = []
+            for attempt in range(args.retries + 1):
+                r = make(label if attempt == 0 else f"{label} retry {attempt}")
+                show(r)
+                tried.append(r)
+                if r.extra["background_cores"] <= args.max_other_load:
+                    break
+            best = min(tried, key=lambda x: x.extra["background_cores"])
+            discarded.extend(x for x in tried if x is not best)
+            return best
+
         if not args.no_cold:
-            cold_home = work / "prefect-home-cold"
-            shutil.rmtree(cold_home, ignore_errors=True)
-            r = haloflow_run("haloflow cold", tiff, work, args, prefect_home=cold_home)
-            show(r)
-            groups["haloflow run, cold (first run: empty Prefect home)"] = [r]
+            r = quiet(lambda lb: haloflow_run(lb, tiff, work, args, cold_cache=work / "cold-cache"), "haloflow cold")
+            groups["haloflow run, cold (first ever run: empty haloflow cache)"] = [r]
             all_runs.append(r)
-        r = haloflow_run("haloflow warm-up", tiff, work, args, prefect_home=None)
+        r = haloflow_run("haloflow warm-up", tiff, work, args, cold_cache=None)
         show(r)
         all_runs.append(r)
         r = skimage_run("skimage warm-up", tiff, work, args)
@@ -591,21 +684,25 @@ def main(argv: list[str] | None = None) -> int:
         all_runs.append(r)
         warm, plain = [], []
         for i in range(args.repeat):
-            r = haloflow_run(f"haloflow warm {i + 1}", tiff, work, args, prefect_home=None)
-            show(r)
-            warm.append(r)
-            r = skimage_run(f"skimage {i + 1}", tiff, work, args)
-            show(r)
-            plain.append(r)
+            warm.append(quiet(lambda lb: haloflow_run(lb, tiff, work, args, cold_cache=None), f"haloflow warm {i + 1}"))
+            plain.append(quiet(lambda lb: skimage_run(lb, tiff, work, args), f"skimage {i + 1}"))
         all_runs += warm + plain
-        groups["haloflow run, warm (Prefect home reused)"] = warm
+        groups["haloflow run, warm (default cache, after a warm-up run)"] = warm
         groups["scikit-image / SciPy (one process)"] = plain
         for runs in groups.values():
             for r in runs:
                 r.events["exit"] = r.wall
 
         checks = []
-        failed = [r.label for r in all_runs if r.returncode != 0]
+        if discarded:
+            checks.append(f"runs made again because other work used more than {args.max_other_load:g} cores meanwhile "
+                          f"(not in the tables): " + ", ".join(
+                              f"{r.label} ({r.wall:.1f} s, other load {r.extra['background_cores']:.2f})" for r in discarded))
+        noisy = [r for rs in groups.values() for r in rs if r.extra["background_cores"] > args.max_other_load]
+        if noisy:
+            checks.append("still disturbed after the retries (kept the least disturbed run): "
+                          + ", ".join(f"{r.label} (other load {r.extra['background_cores']:.2f})" for r in noisy))
+        failed = [r.label for r in all_runs + discarded if r.returncode != 0]
         checks.append("all runs exited 0" if not failed else f"FAILED runs: {', '.join(failed)}")
         counts = {r.label: r.objects for r in all_runs}
         same = len(set(counts.values())) == 1

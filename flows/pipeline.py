@@ -6,12 +6,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dataclasses import replace
+
 from prefect import flow, get_run_logger
+from prefect.filesystems import LocalFileSystem
 
 from flows.record import RunRecord, prepare_output, stage_key
 from flows.runner import make_task_runner
 from flows.spec import InputField, PipelineSpec, Step, step_name
 from tasks import io
+from tasks.artifacts import artifact_key
+from tasks.reference import fingerprint
+from tasks.steps import StepResult, step_fingerprint
 from tasks.stages import batch_image_stage, batch_table_stage, image_stage, table_stage
 
 
@@ -27,17 +33,25 @@ def large_image_flow(
     source = io.resolve_input(spec.to_input())
     out = prepare_output(spec.output)
     record = RunRecord.start(spec, out)
+    storage = result_storage(out)
     logger = get_run_logger()
     images: dict[str, Any] = {"input": source}
     upstream: Any = source
     for number, step in enumerate(spec.steps, start=1):
         key = stage_key(number, step)
+        artifact = artifact_key("large-image", key)
         if step.op == "measure":
             intensity = images[step.intensity] if step.intensity else None
-            result = table_stage.submit(step, upstream, str(out / f"{key}.csv"), key, intensity).result()
+            table = str(out / f"{key}.csv")
+            fresh = not io.table_is_complete(table, step_fingerprint(step, upstream, intensity))
+            stage = table_stage.with_options(**stage_options(storage, fresh))
+            result = run_stage(stage, step, upstream, table, key, intensity, artifact)
         else:
             first_chunks = spec.chunks if upstream is source else None
-            result = image_stage.submit(step, upstream, str(out / f"{key}.ome.zarr"), key, first_chunks).result()
+            store = str(out / f"{key}.ome.zarr")
+            fresh = not io.is_complete(store, step_fingerprint(step, upstream))
+            stage = image_stage.with_options(**stage_options(storage, fresh))
+            result = run_stage(stage, step, upstream, store, key, first_chunks, artifact)
             upstream = result.ref
             images.setdefault(step_name(step), result.ref)
         record.add_stage(number, step, result)
@@ -58,6 +72,7 @@ def batch_flow(
     sources = {stem: io.resolve_input(str(path)) for stem, path in image_stems(paths).items()}
     out = prepare_output(spec.output)
     record = RunRecord.start(spec, out, images=list(sources))
+    storage = result_storage(out)
     logger = get_run_logger()
     images: dict[str, dict[str, Any]] = {"input": dict(sources)}
     upstream: dict[str, Any] = dict(sources)
@@ -66,17 +81,50 @@ def batch_flow(
         started = time.perf_counter()
         if step.op == "measure":
             intensity = images[step.intensity] if step.intensity else None
-            result = batch_table_stage.submit(step, upstream, str(out / f"{key}.csv"), key, intensity).result()
+            stage = batch_table_stage.with_options(**stage_options(storage, True))
+            result = run_stage(stage, step, upstream, str(out / f"{key}.csv"), key, intensity)
             record.add_stage(number, step, result, seconds=time.perf_counter() - started)
         else:
             stores = {stem: str(out / stem / f"{key}.ome.zarr") for stem in upstream}
             first_chunks = spec.chunks if number == 1 else None
-            results = batch_image_stage.submit(step, upstream, stores, key, first_chunks).result()
+            fresh = not all(io.is_complete(stores[s], step_fingerprint(step, up)) for s, up in upstream.items())
+            stage = batch_image_stage.with_options(**stage_options(storage, fresh))
+            future = stage.submit(step, upstream, stores, key, first_chunks)
+            results = future.result()
+            if future.state.name == "Cached":
+                results = {stem: replace(r, status="cached") for stem, r in results.items()}
             upstream = {stem: r.ref for stem, r in results.items()}
             images.setdefault(step_name(step), upstream)
             record.add_batch_stage(number, step, results, seconds=time.perf_counter() - started)
         logger.info("%s: %d images in %.1f s", key, len(upstream), time.perf_counter() - started)
     return record.finish()
+
+
+def stage_options(storage: str, fresh: bool) -> dict[str, Any]:
+    """Stage results persist in the output folder, so the cache lives as long as the outputs do.
+
+    ``fresh``: the stage's store is missing or incomplete, so a cached result
+    must not be trusted (``refresh_cache``).
+    """
+    return {"result_storage": storage, "refresh_cache": fresh}
+
+
+def result_storage(out: Path) -> str:
+    """A saved LocalFileSystem block for ``OUT/.haloflow/results`` (Prefect needs it saved), by reference."""
+    basepath = out / ".haloflow" / "results"
+    name = "haloflow-results-" + fingerprint(str(basepath))[:16]
+    LocalFileSystem(basepath=str(basepath)).save(name, overwrite=True)
+    return f"local-file-system/{name}"
+
+
+def run_stage(stage, *args) -> StepResult:
+    """Submit a stage, wait for it, and say whether Prefect served it from its cache."""
+    started = time.perf_counter()
+    future = stage.submit(*args)
+    result = future.result()
+    if future.state.name == "Cached":
+        result = replace(result, status="cached", seconds=time.perf_counter() - started)
+    return result
 
 
 def image_stems(paths: list[Path]) -> dict[str, Path]:

@@ -81,8 +81,9 @@ class RunRecord:
                 "step": number,
                 "name": stage_key(number, step),
                 "op": step.op,
-                "status": "computed",
+                "status": "cached" if all(r.status == "cached" for r in results.values()) else "computed",
                 "seconds": round(seconds, 3),
+                "computed_images": sorted(i for i, r in results.items() if r.status != "cached"),
                 "images": {image: r.to_dict() for image, r in results.items()},
             }
         )

@@ -84,3 +84,56 @@ def compute_on_cluster(*collections: Any, **compute_kwargs: Any) -> Any:
             results = dask.compute(*collections, **compute_kwargs)
 
     return results[0] if len(collections) == 1 else tuple(results)
+
+
+def compute_each(collections: list[Any], on_done=None, *, every: float = 0.5) -> list[Any]:
+    """Compute many collections on the caller's cluster, reporting progress as they finish.
+
+    ``on_done(done, total)`` is called at most every ``every`` seconds while
+    results arrive, and once at the end. Results come back in input order.
+    Outside a cluster, everything is computed at once with the threaded
+    scheduler and ``on_done`` is called once.
+
+    >>> import dask.array as da
+    >>> seen = []
+    >>> [int(r) for r in compute_each([da.ones(2).sum(), da.ones(3).sum()], lambda d, t: seen.append((d, t)))]
+    [2, 3]
+    >>> seen[-1]
+    (2, 2)
+    """
+    import time
+
+    collections = list(collections)
+    total = len(collections)
+    if not total:
+        if on_done:
+            on_done(0, 0)
+        return []
+    worker, client = _current_worker(), None
+    if worker is None:
+        client = _default_client()
+        if client is None:
+            results = list(dask.compute(*collections, scheduler="threads"))
+            if on_done:
+                on_done(total, total)
+            return results
+
+    from distributed import as_completed, worker_client
+
+    def run(active_client) -> list[Any]:
+        futures = active_client.compute(collections)
+        position = {f.key: i for i, f in enumerate(futures)}
+        results: list[Any] = [None] * total
+        last, done = time.monotonic(), 0
+        for future in as_completed(futures):
+            results[position[future.key]] = future.result()
+            done += 1
+            if on_done and (time.monotonic() - last >= every or done == total):
+                on_done(done, total)
+                last = time.monotonic()
+        return results
+
+    if worker is not None:
+        with worker_client() as active:
+            return run(active)
+    return run(client)

@@ -57,6 +57,9 @@ __all__ = [
 #: Target size of one dask block when the caller does not choose chunks.
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 
+#: Folder inside a store where finished blocks leave their markers.
+_DONE_FOLDER = ".haloflow-done"
+
 TIFF_SUFFIXES = (".tif", ".tiff")
 INPUT_KINDS = ("tiff", "glob", "tiles", "zarr")
 STORE_KINDS = ("image", "mask", "labels")
@@ -442,11 +445,12 @@ def create_store(
     return ArrayRef(store, "0", shape, dtype.name, chunks, kind, fingerprint)
 
 
-def write_blocks(array: da.Array, ref: ArrayRef) -> da.Array:
-    """Lazily write `array` into the store of `ref`, block by block.
+def write_blocks(array: da.Array, ref: ArrayRef, *, skip: Any = ()) -> dict[tuple[int, ...], da.Array]:
+    """Lazily write `array` into the store of `ref`, block by block, skipping done blocks.
 
     `array` is rechunked to ``ref.chunks`` so that every block covers whole
-    zarr chunks (no locks needed).
+    zarr chunks (no locks needed). After a block is written, a marker records
+    it as done (:func:`done_blocks`), so an interrupted stage can resume.
 
     Parameters
     ----------
@@ -454,13 +458,16 @@ def write_blocks(array: da.Array, ref: ArrayRef) -> da.Array:
         Data of shape ``ref.shape`` and dtype ``ref.dtype``.
     ref : ArrayRef
         Target, as returned by :func:`create_store`.
+    skip : collection of tuple of int
+        Block indices already written (from :func:`done_blocks`): not computed again.
 
     Returns
     -------
-    dask.array.Array
-        One int64 element per block: the number of elements that block wrote,
-        so ``write_blocks(a, ref).sum().compute() == a.size``. Nothing is
-        written until it is computed; each task opens the store by path.
+    dict
+        For each block still to write, its index and a lazy one-block array of
+        four float64 statistics ``[count, min, max, sum]`` of what it wrote
+        (see :func:`merge_block_stats`). Nothing is written until it is
+        computed; each task opens the store by path.
 
     Raises
     ------
@@ -483,15 +490,72 @@ def write_blocks(array: da.Array, ref: ArrayRef) -> da.Array:
         )
     _check_stored_array(ref)
     aligned = array.rechunk(ref.chunks)
-    return aligned.map_blocks(
-        _write_block,
-        ref.store,
-        ref.component,
-        dtype=np.int64,
-        chunks=(1,) * aligned.ndim,
-        meta=np.empty((0,) * aligned.ndim, np.int64),
-        name=f"write-{tokenize(aligned.name, ref.store, ref.component)}",
-    )
+    skip = {tuple(index) for index in skip}
+    starts = [np.cumsum((0,) + c[:-1]) for c in aligned.chunks]
+    writes = {}
+    for index in np.ndindex(*aligned.numblocks):
+        if index in skip:
+            continue
+        block = aligned.blocks[index]
+        region = tuple((int(s[i]), int(s[i]) + n) for s, i, n in zip(starts, index, block.shape))
+        writes[index] = block.map_blocks(
+            _write_block,
+            ref.store,
+            ref.component,
+            region,
+            index,
+            dtype=np.float64,
+            chunks=((4,),) + ((1,),) * (aligned.ndim - 1),
+            meta=np.empty((0,) * aligned.ndim, np.float64),
+            name=f"write-{tokenize(aligned.name, ref.store, ref.component, index)}",
+        )
+    return writes
+
+
+def block_grid(ref: ArrayRef) -> tuple[int, ...]:
+    """Number of blocks per axis of a store's regular chunk grid."""
+    return tuple(-(-s // c) for s, c in zip(ref.shape, ref.chunks))
+
+
+def done_blocks(ref: ArrayRef) -> set[tuple[int, ...]]:
+    """Indices of the blocks whose write finished (their markers exist)."""
+    folder = Path(ref.store) / _DONE_FOLDER
+    if not folder.is_dir():
+        return set()
+    return {tuple(int(i) for i in name.split("_")) for name in os.listdir(folder) if not name.endswith(".tmp")}
+
+
+def done_block_stats(ref: ArrayRef) -> dict[tuple[int, ...], list[float]]:
+    """``[count, min, max, sum]`` of every finished block, from its marker."""
+    folder = Path(ref.store) / _DONE_FOLDER
+    return {index: json.loads((folder / "_".join(map(str, index))).read_text()) for index in done_blocks(ref)}
+
+
+def store_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``haloflow`` attributes of a store (fingerprint, kind, complete, and what the stage recorded)."""
+    store = os.fspath(path)
+    return dict(_haloflow_attrs(_open_group(store), store))
+
+
+def resumable(path: str | os.PathLike, fingerprint: str) -> ArrayRef | None:
+    """The store at `path` if it was created for `fingerprint` and is not complete yet."""
+    try:
+        ref = open_store_ref(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if ref.fingerprint != fingerprint or is_complete(path, fingerprint):
+        return None
+    return ref
+
+
+def merge_block_stats(stats: Any) -> dict[str, float]:
+    """Whole-array ``count, min, max, mean`` from per-block ``[count, min, max, sum]`` rows."""
+    rows = np.asarray([np.ravel(s)[:4] for s in stats], dtype=np.float64).reshape(-1, 4)
+    rows = rows[rows[:, 0] > 0]
+    if not len(rows):
+        return {"count": 0, "min": None, "max": None, "mean": None}
+    count = rows[:, 0].sum()
+    return {"count": int(count), "min": float(rows[:, 1].min()), "max": float(rows[:, 2].max()), "mean": float(rows[:, 3].sum() / count)}
 
 
 def mark_complete(ref: ArrayRef, **extra: Any) -> None:
@@ -594,7 +658,25 @@ def read_ref(ref: ArrayRef) -> da.Array:
 # --------------------------------------------------------------------------- tables
 
 
-def write_table(columns: Mapping[str, Any], path: str | os.PathLike) -> None:
+def table_record_path(path: str | os.PathLike) -> Path:
+    """The record beside a table that says which fingerprint it holds: ``.NAME.haloflow.json``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.haloflow.json")
+
+
+def table_is_complete(path: str | os.PathLike, fingerprint: str | None = None) -> bool:
+    """Whether the table at `path` was fully written (for `fingerprint`, if given)."""
+    record = table_record_path(path)
+    if not (Path(path).is_file() and record.is_file()):
+        return False
+    try:
+        meta = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("complete") is True and (fingerprint is None or meta.get("fingerprint") == fingerprint)
+
+
+def write_table(columns: Mapping[str, Any], path: str | os.PathLike, *, fingerprint: str | None = None) -> None:
     """Write named 1-D columns as a CSV table, atomically.
 
     The table is written to ``path + ".tmp"`` and renamed onto `path`, so a
@@ -624,6 +706,8 @@ def write_table(columns: Mapping[str, Any], path: str | os.PathLike) -> None:
         raise FileNotFoundError(f"cannot write table {target}: directory {folder} does not exist")
     texts = [_format_column(values) for values in table.values()]
     temporary = target + ".tmp"
+    record = table_record_path(target)
+    record.unlink(missing_ok=True)  # the old record must not vouch for the new table
     try:
         with open(temporary, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
@@ -633,6 +717,9 @@ def write_table(columns: Mapping[str, Any], path: str | os.PathLike) -> None:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+    if fingerprint is not None:
+        rows = len(texts[0]) if texts else 0
+        record.write_text(json.dumps({"fingerprint": fingerprint, "rows": rows, "columns": list(table), "complete": True}))
 
 
 def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -1028,12 +1115,24 @@ def _nest(items: list[Any], grid: tuple[int, ...]) -> list[Any]:
 
 
 def _write_block(
-    block: np.ndarray, store: str, component: str, block_info: Any = None
+    block: np.ndarray, store: str, component: str, region: tuple, index: tuple
 ) -> np.ndarray:
-    """Write one block into its region of the zarr array; return its element count."""
-    region = tuple(slice(start, stop) for start, stop in block_info[0]["array-location"])
-    zarr.open_array(store, path=component, mode="r+")[region] = block
-    return np.full((1,) * block.ndim, block.size, dtype=np.int64)
+    """Write one block into its region, then mark it done; return its statistics."""
+    zarr.open_array(store, path=component, mode="r+")[tuple(slice(a, b) for a, b in region)] = block
+    stats = [block.size, block.min(), block.max(), block.sum(dtype=np.float64)] if block.size else [0, 0, 0, 0]
+    stats = [float(v) for v in stats]
+    _mark_block_done(store, index, stats)
+    return np.asarray(stats, dtype=np.float64).reshape((4,) + (1,) * (block.ndim - 1))
+
+
+def _mark_block_done(store: str, index: tuple, stats: list[float]) -> None:
+    """Record a finished block and its statistics: a small file, renamed into place."""
+    folder = Path(store) / _DONE_FOLDER
+    folder.mkdir(exist_ok=True)
+    name = "_".join(str(int(i)) for i in index)
+    tmp = folder / f"{name}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps([float(v) for v in stats]))
+    os.replace(tmp, folder / name)
 
 
 def _remove_old_store(store: str) -> None:

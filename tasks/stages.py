@@ -15,31 +15,78 @@ import numpy as np
 from prefect import task
 
 from imageops.registry import OpParams
-from tasks import io, steps
+from tasks import faults, io, steps
+from tasks.artifacts import Progress, publish_stage
 from tasks.reference import ArrayRef, TableRef, fingerprint
 from tasks.steps import StepResult, Upstream
 
 
-@task(name="image-stage", task_run_name="{key}")
-def image_stage(params: OpParams, upstream: Upstream, store: str, key: str, chunks: list[int] | None = None) -> StepResult:
+def retry_if_transient(task, task_run, state) -> bool:
+    """Prefect's retry condition: retry transient I/O failures and lost workers, nothing else."""
+    try:
+        state.result(raise_on_failure=True)
+    except BaseException as error:  # the failure the state holds
+        return faults.is_transient(error)
+    return False
+
+
+def image_stage_key(context, parameters: dict[str, Any]) -> str:
+    """Cache key of an image stage: its output's fingerprint."""
+    return "stage-" + steps.step_fingerprint(parameters["params"], parameters["upstream"])
+
+
+def table_stage_key(context, parameters: dict[str, Any]) -> str:
+    """Cache key of a table stage: its table's fingerprint."""
+    return "table-" + steps.step_fingerprint(parameters["params"], parameters["labels"], parameters.get("intensity"))
+
+
+def batch_stage_key(context, parameters: dict[str, Any]) -> str:
+    """Cache key of a batch stage: the fingerprints of all its images' outputs."""
+    params = parameters["params"]
+    per_image = [(name, steps.step_fingerprint(params, up)) for name, up in parameters["upstreams"].items()]
+    return "batch-" + fingerprint(per_image)
+
+
+STAGE_OPTIONS: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [2, 10, 30],
+    "retry_condition_fn": retry_if_transient,
+    "persist_result": True,
+}
+
+
+@task(name="image-stage", task_run_name="{key}", cache_key_fn=image_stage_key, **STAGE_OPTIONS)
+def image_stage(
+    params: OpParams, upstream: Upstream, store: str, key: str, chunks: list[int] | None = None, artifact: str | None = None
+) -> StepResult:
     """Run one image-producing step over chunks on the cluster and write its store."""
-    return steps.run_image_step(params, upstream, store, name=key, chunks=chunks)
+    progress = Progress(artifact, f"{key}: blocks written") if artifact else None
+    result = steps.run_image_step(params, upstream, store, name=key, chunks=chunks, on_progress=progress)
+    if artifact:
+        publish_stage(artifact, result)
+    return result
 
 
-@task(name="table-stage", task_run_name="{key}")
-def table_stage(params: OpParams, labels: ArrayRef, table: str, key: str, intensity: Upstream | None = None) -> StepResult:
+@task(name="table-stage", task_run_name="{key}", cache_key_fn=table_stage_key, **STAGE_OPTIONS)
+def table_stage(
+    params: OpParams, labels: ArrayRef, table: str, key: str, intensity: Upstream | None = None, artifact: str | None = None
+) -> StepResult:
     """Measure objects over chunks on the cluster and write the table."""
-    return steps.run_table_step(params, labels, table, intensity=intensity)
+    result = steps.run_table_step(params, labels, table, intensity=intensity)
+    if artifact:
+        publish_stage(artifact, result)
+    return result
 
 
-@task(name="batch-image-stage", task_run_name="{key}")
+@task(name="batch-image-stage", task_run_name="{key}", cache_key_fn=batch_stage_key, **STAGE_OPTIONS)
 def batch_image_stage(
     params: OpParams, upstreams: dict[str, Upstream], stores: dict[str, str], key: str, chunks: list[int] | None = None
 ) -> dict[str, StepResult]:
     """Run one step on every image, each image on its own worker task, whole or in the given chunks."""
     work = [
         dask.delayed(steps.run_image_step)(
-            params, upstream, stores[image], name=key, chunks=_image_chunks(upstream, chunks), compute=steps.local_compute
+            params, upstream, stores[image], name=key, chunks=_image_chunks(upstream, chunks),
+            compute=steps.local_compute, compute_blocks=steps.sync_compute_blocks,
         )
         for image, upstream in upstreams.items()
     ]
@@ -47,7 +94,7 @@ def batch_image_stage(
     return dict(zip(upstreams, results))
 
 
-@task(name="batch-table-stage", task_run_name="{key}")
+@task(name="batch-table-stage", task_run_name="{key}", **STAGE_OPTIONS)
 def batch_table_stage(
     params: OpParams,
     labels: dict[str, ArrayRef],

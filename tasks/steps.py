@@ -7,6 +7,7 @@ batch stage calls them once per image with Dask's synchronous scheduler.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,7 +20,7 @@ import numpy as np
 from imageops import get_op
 from imageops.registry import OpParams
 from tasks import io, lift
-from tasks.cluster import compute_on_cluster
+from tasks.cluster import compute_each, compute_on_cluster
 from tasks.reference import ArrayRef, TableRef, fingerprint
 
 # What a step reads: a stored stage, or the pipeline's source image.
@@ -78,30 +79,58 @@ def run_image_step(
     name: str,
     chunks=None,
     compute=cluster_compute,
+    compute_blocks=None,
+    on_progress=None,
 ) -> StepResult:
     """Apply one image-, mask- or label-producing op and write its OME-Zarr store.
 
-    The store is created empty, filled chunk by chunk, and marked complete by
-    its last write.
+    A store that is complete for this fingerprint is reused as it is
+    (``cached``); one made for this fingerprint but interrupted is finished,
+    computing only its missing blocks (``resumed``); otherwise a new store is
+    created empty, filled block by block, and marked complete by its last write.
+
+    ``compute_blocks(collections, on_done)`` computes the block writes (default:
+    on the caller's cluster, reporting progress to ``on_progress(done, total)``).
     """
     started = time.perf_counter()
     info = get_op(params.op)
+    fp = step_fingerprint(params, upstream)
+    if io.is_complete(store, fp):
+        return _cached_result(store, started)
     image = open_lazy(upstream, chunks)
     result, found = _lazy_result(params, image, compute)
-    ref = io.create_store(
-        store,
-        shape=result.shape,
-        dtype=result.dtype,
-        chunks=_regular_chunks(image),
-        kind=info.gives,
-        fingerprint=step_fingerprint(params, upstream),
-        name=name,
-    )
-    (written,) = compute(io.write_blocks(result, ref).sum())
-    if int(written) != int(np.prod(ref.shape)):
-        raise RuntimeError(f"{store}: wrote {written} of {np.prod(ref.shape)} voxels")
+    ref = io.resumable(store, fp)
+    status = "computed" if ref is None else "resumed"
+    if ref is None:
+        ref = io.create_store(
+            store, shape=result.shape, dtype=result.dtype, chunks=_regular_chunks(image),
+            kind=info.gives, fingerprint=fp, name=name,
+        )
+    done = io.done_blocks(ref)
+    writes = io.write_blocks(result, ref, skip=done)
+    (compute_blocks or compute_each)(list(writes.values()), on_progress)
+    stats = io.merge_block_stats(io.done_block_stats(ref).values())
+    if stats["count"] != int(np.prod(ref.shape)):
+        raise RuntimeError(f"{store}: {stats['count']} of {int(np.prod(ref.shape))} voxels were written")
+    blocks = {"total": int(np.prod(io.block_grid(ref))), "written": len(writes), "reused": len(done)}
+    found = {**found, "stats": {k: v for k, v in stats.items() if k != "count"}, "blocks": blocks}
     io.mark_complete(ref, **found)
-    return StepResult(ref, time.perf_counter() - started, info=found)
+    return StepResult(ref, time.perf_counter() - started, status=status, info=found)
+
+
+def sync_compute_blocks(collections, on_done=None):
+    """Compute block writes in this thread (batch images: one image per worker task)."""
+    results = list(dask.compute(*collections, scheduler="synchronous"))
+    if on_done:
+        on_done(len(results), len(results))
+    return results
+
+
+def _cached_result(store: str, started: float) -> StepResult:
+    """A complete store for this fingerprint: nothing to compute."""
+    ref = io.open_store_ref(store)
+    recorded = {k: v for k, v in io.store_info(store).items() if k not in ("fingerprint", "kind", "complete")}
+    return StepResult(ref, time.perf_counter() - started, status="cached", info=recorded)
 
 
 def run_table_step(
@@ -114,10 +143,15 @@ def run_table_step(
 ) -> StepResult:
     """Measure objects over chunks and write the table as CSV (temporary name, then renamed)."""
     started = time.perf_counter()
+    fp = step_fingerprint(params, labels, intensity)
+    if io.table_is_complete(table_path, fp):
+        record = json.loads(io.table_record_path(table_path).read_text())
+        ref = TableRef(str(table_path), record["rows"], tuple(record["columns"]), fp)
+        return StepResult(ref, time.perf_counter() - started, status="cached", info={"rows": record["rows"]})
     columns = measure_columns(params, labels, intensity=intensity, compute=compute)
-    io.write_table(columns, table_path)
+    io.write_table(columns, table_path, fingerprint=fp)
     rows = len(next(iter(columns.values()))) if columns else 0
-    ref = TableRef(str(table_path), rows, tuple(columns), step_fingerprint(params, labels, intensity))
+    ref = TableRef(str(table_path), rows, tuple(columns), fp)
     return StepResult(ref, time.perf_counter() - started, info={"rows": rows})
 
 

@@ -65,7 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not os.environ.get("PREFECT_API_URL"):
         home = tempfile.mkdtemp(prefix="haloflow-test-prefect-")
         try:
-            server = start_local_server(home=home, ui=False, seed_database=True)
+            server = start_local_server(home=home, ui=True, seed_database=True)
         except BaseException:
             shutil.rmtree(home, ignore_errors=True)
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -27,6 +28,10 @@ from tasks.io import (
     read_table,
     resolve_input,
     write_blocks,
+    block_grid,
+    done_blocks,
+    merge_block_stats,
+    resumable,
     write_table,
 )
 from tasks.reference import ArrayRef
@@ -213,7 +218,12 @@ def test_store_round_trip_on_worker_processes(tmp_path, client):
     source = da.from_array(data, chunks=(5, 10, 7))  # uneven, misaligned with the store
     written = write_blocks(source, ref)
     assert not is_complete(store)  # lazy: nothing is sealed yet
-    assert client.compute(written.sum(), sync=True) == data.size
+    stats = merge_block_stats(client.gather(client.compute(list(written.values()))))
+    assert stats["count"] == data.size
+    assert stats["min"] == data.min() and stats["max"] == data.max()
+    assert stats["mean"] == pytest.approx(float(data.astype(np.float64).mean()))
+    assert done_blocks(ref) == set(np.ndindex(*block_grid(ref)))
+    assert resumable(store, "fp1") == ref
     assert not is_complete(store)
     mark_complete(ref, mean=np.float32(data.mean()))
     assert is_complete(store) and is_complete(store, "fp1")
@@ -240,7 +250,7 @@ def _small_store(path, kind="image", fingerprint="a", **overrides):
 def test_create_store_overwrites_old_store_but_not_other_directories(tmp_path):
     store = tmp_path / "labels.ome.zarr"
     old = _small_store(store)
-    write_blocks(da.ones((4, 4), dtype="uint8", chunks=2), old).sum().compute()
+    dask.compute(*write_blocks(da.ones((4, 4), dtype="uint8", chunks=2), old).values())
     mark_complete(old)
     ref = _small_store(store, "labels", "b", shape=(6, 5), dtype="int32", chunks=(4, 4))
     assert not is_complete(store)
@@ -415,3 +425,19 @@ def test_zarr_fingerprint_follows_chunk_changes(tmp_path):
     chunk = next(p for p in files if p.is_file() and p.name != "zarr.json")
     os.utime(chunk, ns=(0, os.stat(chunk).st_mtime_ns + 10**9))
     assert spec.fingerprint() != first
+
+
+def test_write_blocks_skips_done_blocks_and_resumes(tmp_path):
+    data = np.arange(36, dtype=np.uint16).reshape(6, 6)
+    store = tmp_path / "r.ome.zarr"
+    ref = create_store(store, shape=data.shape, dtype="uint16", chunks=(3, 2), kind="image", fingerprint="fp", name="r")
+    first = write_blocks(da.from_array(data, chunks=3), ref)
+    dask.compute(first[0, 0], first[1, 2])
+    assert done_blocks(ref) == {(0, 0), (1, 2)}
+    assert resumable(store, "fp") == ref and resumable(store, "other") is None
+    rest = write_blocks(da.from_array(data, chunks=3), ref, skip=done_blocks(ref))
+    assert len(rest) == 6 - 2 and (0, 0) not in rest
+    dask.compute(*rest.values())
+    mark_complete(ref)
+    assert resumable(store, "fp") is None
+    np.testing.assert_array_equal(read_ref(ref).compute(), data)

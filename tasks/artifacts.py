@@ -1,0 +1,90 @@
+"""Prefect artifacts of a stage: its table, its picture, a link to its store, its progress."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from tasks import preview
+from tasks.cluster import compute_on_cluster
+from tasks.reference import ArrayRef, TableRef
+from tasks.steps import StepResult
+
+
+def artifact_key(*parts: str) -> str:
+    """A key the Prefect UI accepts: lowercase letters, digits and dashes.
+
+    >>> artifact_key("large-image", "03_label")
+    'large-image-03-label'
+    """
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
+
+
+class Progress:
+    """A progress artifact for one stage, updated as its blocks finish."""
+
+    def __init__(self, key: str, description: str):
+        self.id = create_progress_artifact(0.0, key=f"{key}-progress", description=description)
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100.0 * done / total if total else 100.0
+        if percent >= 100.0 or time.monotonic() - self._last > 1.0:
+            update_progress_artifact(self.id, percent)
+            self._last = time.monotonic()
+
+
+def publish_stage(key: str, result: StepResult) -> None:
+    """Table, picture and link artifacts for a stage's result."""
+    ref = result.ref
+    create_table_artifact(summary_rows(result), key=key, description=f"{key}: {result.status} in {result.seconds:.1f} s")
+    if isinstance(ref, ArrayRef):
+        plane = compute_on_cluster(preview.projection(ref))
+        picture = preview.png_data_uri(preview.enlarge(preview.to_rgb(plane, ref.kind)))
+        what = "maximum projection" if ref.ndim > 2 else "image"
+        create_markdown_artifact(f"### {key}\n\n![{key} {what}]({picture})\n", key=f"{key}-picture", description=f"{key}: {what}")
+    create_link_artifact(Path(_where(ref)).absolute().as_uri(), link_text=_where(ref), key=f"{key}-store", description=f"{key}: where the result is")
+
+
+def summary_rows(result: StepResult) -> list[dict[str, str]]:
+    """The rows of a stage's table artifact: shape, dtype, chunks, statistics, objects, seconds, status, store.
+
+    >>> from tasks.reference import TableRef
+    >>> rows = summary_rows(StepResult(TableRef("t.csv", 3, ("label",), "f"), 0.5))
+    >>> [r["field"] for r in rows][:2]
+    ['rows', 'columns']
+    """
+    ref, info = result.ref, result.info
+    rows: list[tuple[str, object]] = []
+    if isinstance(ref, ArrayRef):
+        rows += [("shape", ref.shape), ("dtype", ref.dtype), ("chunks", ref.chunks), ("kind", ref.kind)]
+        for stat in ("min", "max", "mean"):
+            rows.append((stat, _number(info.get("stats", {}).get(stat))))
+        if "objects" in info:
+            rows.append(("objects", info["objects"]))
+        if "threshold" in info:
+            rows.append(("threshold", _number(info["threshold"])))
+        blocks = info.get("blocks")
+        if blocks:
+            rows.append(("blocks written / reused / total", f"{blocks['written']} / {blocks['reused']} / {blocks['total']}"))
+    elif isinstance(ref, TableRef):
+        rows += [("rows", ref.rows), ("columns", ", ".join(ref.columns))]
+    rows += [("seconds", f"{result.seconds:.2f}"), ("status", result.status), ("store", _where(ref)), ("fingerprint", ref.fingerprint)]
+    return [{"field": field, "value": str(value)} for field, value in rows]
+
+
+def _where(ref) -> str:
+    return ref.store if isinstance(ref, ArrayRef) else ref.path
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
