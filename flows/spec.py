@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from imageops import get_op
-from imageops.registry import GaussianParams, LabelParams, MeasureParams, MedianParams, ThresholdParams
+from imageops import all_params, get_op
 
 
 class SpecError(ValueError):
@@ -27,30 +26,18 @@ class _Named(BaseModel):
     )
 
 
-class GaussianStep(GaussianParams, _Named):
-    pass
+def _named_model(params: type) -> type:
+    """A spec step: the op's parameters plus an optional ``name``."""
+    model = create_model(f"{params.__name__.removesuffix('Params')}Step", __base__=(params, _Named), __module__=__name__)
+    model.__doc__ = params.__doc__
+    return model
 
 
-class MedianStep(MedianParams, _Named):
-    pass
+STEP_MODELS: tuple[type, ...] = tuple(_named_model(p) for p in all_params())
+for _model in STEP_MODELS:
+    globals()[_model.__name__] = _model
 
-
-class ThresholdStep(ThresholdParams, _Named):
-    pass
-
-
-class LabelStep(LabelParams, _Named):
-    pass
-
-
-class MeasureStep(MeasureParams, _Named):
-    pass
-
-
-Step = Annotated[
-    Union[GaussianStep, MedianStep, ThresholdStep, LabelStep, MeasureStep],
-    Field(discriminator="op"),
-]
+Step = Annotated[Union[STEP_MODELS], Field(discriminator="op")]
 
 
 class TileGrid(BaseModel):

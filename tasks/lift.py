@@ -20,15 +20,42 @@ import dask.array as da
 import numpy as np
 
 from imageops import get_op, label as label_ops, measure as measure_ops, threshold as threshold_ops
-from imageops.registry import LabelParams, MeasureParams, OpParams, ThresholdParams
+from imageops.catalog import LabelParams, MeasureParams, ThresholdParams
+from imageops.registry import OpParams
 
 Compute = Callable[..., tuple]
+#: A global op's lifting: ``(image, params, compute) -> (lazy result, what the global phase found)``.
+GlobalLift = Callable[[da.Array, OpParams, Compute], tuple[da.Array, dict[str, Any]]]
+#: The lifting of every op that is neither pointwise nor neighbourhood, by op name.
+GLOBAL_LIFTS: dict[str, GlobalLift] = {}
+
+
+def lifts(op: str):
+    """Register the decorated function as the lifting of global op ``op``."""
+
+    def register(function: GlobalLift) -> GlobalLift:
+        if op in GLOBAL_LIFTS:
+            raise ValueError(f"op {op!r} has two liftings")
+        GLOBAL_LIFTS[op] = function
+        return function
+
+    return register
+
+
+def lift(image: da.Array, params: OpParams, compute: Compute = dask.compute) -> tuple[da.Array, dict[str, Any]]:
+    """Any image-producing op on a dask array: the lazy result and what its global phase found."""
+    family = get_op(params.op).family
+    if family in ("pointwise", "neighbourhood"):
+        return lift_local(image, params), {}
+    if params.op not in GLOBAL_LIFTS:
+        raise ValueError(f"op {params.op!r} has no lifting onto chunks")
+    return GLOBAL_LIFTS[params.op](image, params, compute)
 
 
 def lift_local(image: da.Array, params: OpParams) -> da.Array:
     """Run a pointwise or neighbourhood op on every block, with the op's halo.
 
-    >>> from imageops.registry import GaussianParams
+    >>> from imageops.catalog import GaussianParams
     >>> x = da.ones((10, 10), chunks=(3, 7), dtype=np.uint16)
     >>> lift_local(x, GaussianParams(sigma=1.0)).dtype
     dtype('float32')
@@ -128,6 +155,18 @@ def measure(
     )
     merged = measure_ops.merge_partials(parts)
     return measure_ops.regionprops_columns(merged, params.properties, labels.ndim)
+
+
+@lifts("threshold")
+def _threshold_stage(image, params, compute):
+    mask, value = threshold(image, params, compute)
+    return mask, {"threshold": value.item() if isinstance(value, np.generic) else value}
+
+
+@lifts("label")
+def _label_stage(mask, params, compute):
+    labels, n_objects = label(mask, params, compute)
+    return labels, {"objects": n_objects}
 
 
 def _run_op(block: np.ndarray, params: OpParams) -> np.ndarray:

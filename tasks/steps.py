@@ -19,7 +19,7 @@ import numpy as np
 
 from imageops import get_op
 from imageops.registry import OpParams
-from tasks import io, lift
+from tasks import io, lift, lift_filters, lift_masks  # noqa: F401  (the families register their liftings)
 from tasks.cluster import compute_each, compute_on_cluster
 from tasks.reference import ArrayRef, TableRef, fingerprint
 
@@ -98,7 +98,7 @@ def run_image_step(
     if io.is_complete(store, fp):
         return _cached_result(store, started)
     image = open_lazy(upstream, chunks)
-    result, found = _lazy_result(params, image, compute)
+    result, found = lift.lift(image, params, compute)
     ref = io.resumable(store, fp)
     status = "computed" if ref is None else "resumed"
     if ref is None:
@@ -161,25 +161,6 @@ def measure_columns(params: OpParams, labels: ArrayRef, *, intensity: Upstream |
     return lift.measure(io.read_ref(labels), params, intensity=intensity_array, compute=compute)
 
 
-def _lazy_result(params: OpParams, image: da.Array, compute) -> tuple[da.Array, dict[str, Any]]:
-    """The step's lazy output, and what its global phase found."""
-    family = get_op(params.op).family
-    if family in ("pointwise", "neighbourhood"):
-        return lift.lift_local(image, params), {}
-    if params.op == "threshold":
-        mask, value = lift.threshold(image, params, compute)
-        return mask, {"threshold": _plain(value)}
-    if params.op == "label":
-        labels, n_objects = lift.label(image, params, compute)
-        return labels, {"objects": n_objects}
-    raise ValueError(f"op {params.op!r} does not produce an image")
-
-
 def _regular_chunks(image: da.Array) -> tuple[int, ...]:
     """The largest chunk on each axis: the regular chunk shape of the output store."""
     return tuple(max(c) for c in image.chunks)
-
-
-def _plain(value):
-    """A JSON-friendly Python scalar."""
-    return value.item() if isinstance(value, np.generic) else value

@@ -6,7 +6,8 @@ from scipy import ndimage as ndi
 from skimage import filters, measure
 
 from imageops import filters as hf, halo, label as hl, measure as hm, threshold as ht
-from imageops.registry import GaussianParams, LabelParams, MeasureParams, ThresholdParams, get_op
+from imageops import get_op
+from imageops.catalog import GaussianParams, LabelParams, MeasureParams, ThresholdParams
 from tests.helpers import blobs
 
 

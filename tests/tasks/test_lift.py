@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage import filters, measure
 
-from imageops.registry import GaussianParams, LabelParams, MeasureParams, MedianParams, ThresholdParams
+from imageops.catalog import GaussianParams, LabelParams, MeasureParams, MedianParams, ThresholdParams
 from tasks import lift
 from tests.helpers import blobs, same_up_to_permutation, uneven_chunks
 

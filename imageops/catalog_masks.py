@@ -1,0 +1,1 @@
+"""Op family registrations (filled in by the family's module)."""

@@ -1,0 +1,1 @@
+"""Liftings of the global filter and threshold ops (registered with tasks.lift.lifts)."""

@@ -1,0 +1,1 @@
+"""Liftings of the global mask and label ops (registered with tasks.lift.lifts)."""
