@@ -236,6 +236,7 @@ def run_measured(label: str, argv: list[str], *, env: dict[str, str], cwd: Path,
     procs: list[psutil.Process] = [root]
     pss_state: dict[int, tuple[int, int, int, float]] = {}  # pid -> (rss, pss, uss, t) at its last PSS read
     pss_reads = 0
+    peak_pss, roles_at_peak = 0, {}
     tick = 0
     next_at = time.perf_counter()
     while True:
@@ -256,6 +257,7 @@ def run_measured(label: str, argv: list[str], *, env: dict[str, str], cwd: Path,
         # ago; in between, PSS = RSS now - (RSS - PSS at the last read): the shared-page discount
         # changes only when shared mappings do.
         pss = uss = 0
+        by_role_now: dict[str, int] = {}
         for p, r in zip(alive, rss_of):
             last = pss_state.get(p.pid)
             if last is None or abs(r - last[0]) > PSS_RSS_STEP or now - last[3] > PSS_MAX_AGE:
@@ -267,6 +269,10 @@ def run_measured(label: str, argv: list[str], *, env: dict[str, str], cwd: Path,
                 pss_reads += 1
             pss += r - (last[0] - last[1])
             uss += r - (last[0] - last[2])
+            role = cpu[p.pid][0] if p.pid in cpu else ("main" if p.pid == root.pid else "other")
+            by_role_now[role] = by_role_now.get(role, 0) + r - (last[0] - last[1])
+        if pss > peak_pss:
+            peak_pss, roles_at_peak = pss, by_role_now
         if slow:
             for p in alive:
                 try:
@@ -316,6 +322,7 @@ def run_measured(label: str, argv: list[str], *, env: dict[str, str], cwd: Path,
     res.peak_pss = max(s.pss for s in samples if s.pss is not None)
     res.peak_uss = max(s.uss for s in samples if s.uss is not None)
     res.extra["pss_reads"] = pss_reads
+    res.extra["pss_at_peak_by_role"] = roles_at_peak
     res.max_procs = max(s.n for s in samples)
     res.n_samples = len(samples)
     if len(samples) > 1:
@@ -543,6 +550,15 @@ def build_report(args, shape, command: str, setup: dict, groups: dict[str, list[
                      f"{span('flow_finished', 'exit')} | {_med([r.wall for r in runs]):.1f} | "
                      f"{(f'{_med(done):.1f}' if done else '?')} |")
     lines.append("")
+    lines.append("Peak tree memory (PSS, GiB, medians) split by process, at the sample where the sum peaked:\n")
+    lines.append("| run | main process | Prefect server | Dask worker processes | other | total |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for what, runs in groups.items():
+        def mem(name):
+            return _med([r.extra.get("pss_at_peak_by_role", {}).get(name, 0) for r in runs]) / GIB
+        lines.append(f"| {what} | {mem('main'):.2f} | {mem('prefect server'):.2f} | {mem('dask workers'):.2f} | "
+                     f"{mem('other'):.2f} | {_med([r.peak_pss for r in runs]) / GIB:.2f} |")
+    lines.append("")
     lines.append("CPU seconds (user + system, medians) by process, read from the same samples (a process's last "
                  "sample before it exits; this machine has 2 cores), and the CPU the sampler itself used:\n")
     lines.append("| run | main process | Prefect server | Dask worker processes | other | total | CPU / wall | sampler CPU |")
@@ -615,6 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--haloflow-src", type=Path, default=None,
                         help="run haloflow from this source tree (put first on PYTHONPATH), e.g. an export of a commit; "
                              "default: the installed package")
+    parser.add_argument("--haloflow-commit", default=None, metavar="REV",
+                        help="run haloflow as of this commit of the repository holding this script (exported with "
+                             "`git archive` into the workdir, then as --haloflow-src): measures a fixed version while "
+                             "the working tree changes")
     parser.add_argument("--keep", action="store_true", help="keep a temporary workdir")
     args = parser.parse_args(argv)
 
@@ -624,6 +644,21 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="haloflow-bench-")) if temp else args.workdir.absolute()
     work.mkdir(parents=True, exist_ok=True)
     print(f"workdir: {work}")
+    commit_note = None
+    if args.haloflow_commit:
+        repo = Path(__file__).resolve().parent.parent
+        rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", args.haloflow_commit + "^{commit}"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        export = work / f"haloflow-src-{rev[:10]}"
+        shutil.rmtree(export, ignore_errors=True)
+        export.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(export)], input=archive, check=True)
+        args.haloflow_src = export
+        subject = subprocess.run(["git", "-C", str(repo), "log", "-1", "--format=%s", rev],
+                                 capture_output=True, text=True).stdout.strip()
+        commit_note = f"commit {rev[:10]} ({subject!r}), exported with `git archive`"
+        print(f"haloflow from {commit_note}")
     if args.haloflow_src:
         args.haloflow_src = args.haloflow_src.absolute()
         sys.path.insert(0, str(args.haloflow_src))
@@ -644,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
             "chunks": demo_spec(str(tiff), "x")["chunks"],
             "versions": _versions(),
             "machine": _machine(),
-            "source": _describe_source(source),
+            "source": commit_note or _describe_source(source),
         }
         print(f"volume {shape} written in {gen_s:.1f} s ({setup['volume_mib']:.0f} MiB)")
 

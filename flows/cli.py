@@ -40,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"), help="volume shape (default 128 512 512)")
     _cluster_options(demo)
     demo.set_defaults(handler=cmd_demo)
+
+    serve = sub.add_parser("serve", help="serve the flows as deployments for the Prefect UI and schedules")
+    serve.add_argument("--spec", help="also serve this spec as a scheduled deployment, named after the file")
+    when = serve.add_mutually_exclusive_group()
+    when.add_argument("--cron", help='schedule for --spec, e.g. "0 2 * * *"')
+    when.add_argument("--interval", type=float, help="schedule for --spec: every SECONDS")
+    serve.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                       help="only paths inside DIR may be read or written by the runs (repeatable)")
+    serve.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 
@@ -84,6 +94,33 @@ def cmd_demo(args) -> int:
     if shape != DEMO_SHAPE:
         spec = spec.model_copy(update={"chunks": [max(1, s // 2) for s in shape]})
     return _run(spec, args)
+
+
+def cmd_serve(args) -> int:
+    """Serve deployments against the configured Prefect API (PREFECT_API_URL), or a local server."""
+    from flows.spec import SpecError, load_spec
+
+    if args.spec:
+        try:
+            load_spec(args.spec)
+        except SpecError as error:
+            return _bad_input(error)
+    if (args.cron or args.interval) and not args.spec:
+        return _bad_input(ValueError("--cron and --interval need --spec: the pipeline the schedule runs"))
+    for root in args.data_root:
+        if not Path(root).expanduser().is_dir():
+            return _bad_input(ValueError(f"--data-root {root}: not a folder"))
+    from flows.runner import ensure_api
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED", "true")  # for a local server: schedules run
+    with ensure_api(seed_database=True) as api_url:
+        print(f"haloflow: serving on the Prefect API at {api_url} (UI: {api_url.removesuffix('/api')})", flush=True)
+        # The deployments layer builds and serves the deployments (imported here, at the top of the stack).
+        from deployments.serve import serve
+
+        serve(args.spec, cron=args.cron, interval=args.interval, data_roots=args.data_root, limit=args.limit)
+    return 0
 
 
 def _run(spec, args) -> int:

@@ -13,7 +13,7 @@ from prefect.filesystems import LocalFileSystem
 
 from flows.record import RunRecord, prepare_output, stage_key
 from flows.runner import make_task_runner
-from flows.spec import InputField, PipelineSpec, Step, step_name
+from flows.spec import InputField, PipelineSpec, Step, check_data_roots, step_name
 from tasks import io
 from tasks.artifacts import artifact_key
 from tasks.reference import fingerprint
@@ -30,6 +30,7 @@ def large_image_flow(
 ) -> dict[str, Any]:
     """One image too large for memory: every step over chunks, exact across chunk borders."""
     spec = PipelineSpec(flow="large_image", input=input, steps=steps, output=output, chunks=chunks)
+    check_data_roots(spec)
     source = io.resolve_input(spec.to_input())
     out = prepare_output(spec.output)
     record = RunRecord.start(spec, out)
@@ -68,6 +69,7 @@ def batch_flow(
 ) -> dict[str, Any]:
     """Many images, each processed on its own; tables joined with an ``image`` column first."""
     spec = PipelineSpec(flow="batch", input=input, steps=steps, output=output, chunks=chunks)
+    check_data_roots(spec)
     paths = io.list_batch_images(spec.input)
     sources = {stem: io.resolve_input(str(path)) for stem, path in image_stems(paths).items()}
     out = prepare_output(spec.output)
@@ -89,7 +91,7 @@ def batch_flow(
             first_chunks = spec.chunks if number == 1 else None
             fresh = not all(io.is_complete(stores[s], step_fingerprint(step, up)) for s, up in upstream.items())
             stage = batch_image_stage.with_options(**stage_options(storage, fresh))
-            future = stage.submit(step, upstream, stores, key, first_chunks)
+            future = stage.submit(step, upstream, stores, key, first_chunks, artifact_key("batch", key))
             results = future.result()
             if future.state.name == "Cached":
                 results = {stem: replace(r, status="cached") for stem, r in results.items()}

@@ -96,6 +96,13 @@ _SERVER_SETTINGS = {
     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
 }
 
+#: Settings above that the caller's environment may override.
+_SERVER_DEFAULTS_ONLY = {
+    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED",
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED",
+    "PREFECT_SERVER_LOGGING_LEVEL",
+}
+
 _RUNNING: set[LocalServer] = set()
 
 
@@ -212,7 +219,11 @@ def server_environment(home: Path, port: int, base: dict[str, str] | None = None
     server's own URL so a parent's value cannot leak into the UI settings.
     """
     env = dict(os.environ if base is None else base)
-    env.update(_SERVER_SETTINGS)
+    for key, value in _SERVER_SETTINGS.items():
+        if key in _SERVER_DEFAULTS_ONLY:
+            env.setdefault(key, value)  # e.g. a served deployment's server needs its scheduler
+        else:
+            env[key] = value
     env["PREFECT_HOME"] = str(home)
     env["PREFECT_SERVER_API_PORT"] = str(port)
     env["PREFECT_API_URL"] = f"http://{_LOOPBACK}:{port}/api"

@@ -6,6 +6,9 @@ form, a schedule can carry them and Python code can build them.
 
 from __future__ import annotations
 
+import glob
+import itertools
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -153,3 +156,57 @@ def describe_validation_error(error: ValidationError) -> str:
 
 def _is_union_tag(part) -> bool:
     return isinstance(part, str) and (part.endswith("Step") or part in ("str", "TileGrid", "ZarrInput"))
+
+
+#: Folders that runs may read and write, separated by os.pathsep; set by ``haloflow serve --data-root``.
+DATA_ROOTS_ENV = "HALOFLOW_DATA_ROOTS"
+
+
+def data_roots() -> list[Path]:
+    """The allowed data roots from the environment (resolved), or none when unrestricted."""
+    value = os.environ.get(DATA_ROOTS_ENV, "")
+    return [Path(os.path.realpath(p)) for p in value.split(os.pathsep) if p]
+
+
+def check_data_roots(spec: PipelineSpec, roots: list[Path] | None = None) -> None:
+    """Refuse any input or output path outside the data roots (after resolving ``..`` and symlinks)."""
+    roots = data_roots() if roots is None else roots
+    if not roots:
+        return
+    for field, path in spec_paths(spec):
+        real = Path(os.path.realpath(os.path.expanduser(path)))
+        if not any(real == root or root in real.parents for root in roots):
+            allowed = ", ".join(str(r) for r in roots)
+            raise SpecError(f"{field}: {path} is outside the allowed data folders ({allowed})")
+
+
+def spec_paths(spec: PipelineSpec):
+    """Every path a spec reads or writes, with the field it comes from; a glob gives its folder and its matches."""
+    yield "output", spec.output
+    source = spec.input
+    if isinstance(source, TileGrid):
+        for index, path in enumerate(_flatten(source.tiles)):
+            yield f"input.tiles[{index}]", path
+    elif isinstance(source, ZarrInput):
+        yield "input.zarr", source.zarr
+    elif glob.has_magic(source):
+        yield "input", _glob_folder(source)
+        for match in glob.glob(os.path.expanduser(source)):
+            yield "input", match
+    else:
+        yield "input", source
+
+
+def _glob_folder(pattern: str) -> str:
+    """The folder part of a glob before its first wildcard."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    fixed = [p for p in itertools.takewhile(lambda part: not glob.has_magic(part), parts)]
+    return str(Path(*fixed)) if fixed else "."
+
+
+def _flatten(node):
+    if isinstance(node, str):
+        yield node
+    else:
+        for child in node:
+            yield from _flatten(child)

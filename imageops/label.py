@@ -135,3 +135,108 @@ def _shifted_views(a: np.ndarray, b: np.ndarray, shift) -> tuple[np.ndarray, np.
         src.append(slice(max(0, -s), n - max(0, s)))
         dst.append(slice(max(0, s), n - max(0, -s)))
     return a[tuple(src)], b[tuple(dst)]
+
+
+def border_pairs(faces: np.ndarray, offsets: np.ndarray, connectivity: int | None = None) -> np.ndarray:
+    """Equivalent label pairs on every chunk border of a grid of blocks.
+
+    Parameters
+    ----------
+    faces : ndarray of object, shaped as the block grid
+        For each block, a dict ``{(axis, side): layer}``: its first (side 0)
+        and last (side 1) voxel layer along every axis, in the block's own
+        label numbering (as made by :func:`block_components`).
+    offsets : ndarray of int, shaped as the block grid
+        What each block's labels are shifted by in the global provisional numbering.
+    connectivity : int, optional
+        As in ``skimage.measure.label`` (1..ndim, default ndim).
+
+    Returns
+    -------
+    pairs : (k, 2) ndarray of int64
+        Provisional labels that touch across some border.
+
+    Examples
+    --------
+    >>> columns = [np.array([[1], [0]], bool), np.array([[0], [1]], bool)]  # a diagonal, cut in two
+    >>> faces = np.empty((1, 2), dtype=object)
+    >>> faces[0, 0], faces[0, 1] = (block_components(c)["faces"] for c in columns)
+    >>> border_pairs(faces, np.array([[0, 1]]), connectivity=2)
+    array([[1, 2]])
+    >>> border_pairs(faces, np.array([[0, 1]]), connectivity=1).shape
+    (0, 2)
+    """
+    grid = faces.shape
+    found = [np.empty((0, 2), dtype=np.int64)]
+    for axis, n_blocks in enumerate(grid):
+        for k in range(n_blocks - 1):
+            low = _assemble_layer(faces, offsets, axis, k, side=1)
+            high = _assemble_layer(faces, offsets, axis, k + 1, side=0)
+            found.append(face_pairs(low, high, axis, connectivity))
+    return np.concatenate(found)
+
+
+def outer_faces(location, grid) -> tuple[tuple[int, int], ...]:
+    """The faces ``(axis, side)`` of block ``location`` that lie on the image's outer border.
+
+    >>> outer_faces((0, 1), (2, 3))
+    ((0, 0),)
+    >>> outer_faces((0, 0), (1, 1))
+    ((0, 0), (0, 1), (1, 0), (1, 1))
+    """
+    found = []
+    for axis, (k, n) in enumerate(zip(location, grid)):
+        if k == 0:
+            found.append((axis, 0))
+        if k == n - 1:
+            found.append((axis, 1))
+    return tuple(found)
+
+
+def block_components(mask, connectivity: int | None = None, outer=()) -> dict:
+    """What one block tells the merge of its connected components.
+
+    Parameters
+    ----------
+    mask : ndarray
+        The block's foreground (nonzero voxels).
+    connectivity : int, optional
+        As in ``skimage.measure.label`` (1..ndim, default ndim).
+    outer : sequence of (axis, side)
+        The block's faces on the image's outer border (:func:`outer_faces`).
+
+    Returns
+    -------
+    dict
+        ``n``: the number of components labelled 1..n in the block;
+        ``faces``: ``{(axis, side): layer}``, the first and last voxel layer
+        of the labels along every axis; ``sizes``: int64 voxel count of every
+        label 0..n; ``outer``: the sorted labels (> 0) found on the faces in
+        ``outer``.
+
+    Examples
+    --------
+    >>> summary = block_components(np.array([[1, 0, 1], [0, 0, 1]], bool), 1, outer=[(1, 0)])
+    >>> summary["n"], summary["sizes"].tolist(), summary["outer"].tolist()
+    (2, [3, 1, 2], [1])
+    """
+    labels, n = label_block(mask, connectivity)
+    faces = {}
+    for axis in range(labels.ndim):
+        faces[axis, 0] = np.take(labels, [0], axis=axis)
+        faces[axis, 1] = np.take(labels, [labels.shape[axis] - 1], axis=axis)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.int64, copy=False)
+    on_outer = [faces[axis, side].ravel() for axis, side in outer]
+    found = np.unique(np.concatenate(on_outer)) if on_outer else np.empty(0, LABEL_DTYPE)
+    return {"n": n, "faces": faces, "sizes": sizes, "outer": found[found > 0]}
+
+
+def _assemble_layer(faces: np.ndarray, offsets: np.ndarray, axis: int, k: int, side: int) -> np.ndarray:
+    """One border layer across the whole grid, in the global provisional numbering."""
+    index = [slice(None)] * faces.ndim
+    index[axis] = slice(k, k + 1)
+    pieces = np.empty(faces[tuple(index)].shape, dtype=object)
+    for pos in np.ndindex(*pieces.shape):
+        src = tuple(p + (k if a == axis else 0) for a, p in enumerate(pos))
+        pieces[pos] = offset_labels(faces[src][axis, side], offsets[src])
+    return np.block(pieces.tolist())

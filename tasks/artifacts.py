@@ -88,3 +88,17 @@ def _where(ref) -> str:
 
 def _number(value) -> str:
     return "-" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def publish_batch_stage(key: str, results: dict[str, StepResult]) -> None:
+    """One table for a batch stage: each image, whether it was computed or reused, and its store."""
+    computed = sorted(image for image, r in results.items() if r.status != "cached")
+    rows = [
+        {"image": image, "status": r.status, "seconds": f"{r.seconds:.2f}", "store": _where(r.ref)}
+        for image, r in results.items()
+    ]
+    description = (
+        f"{key}: computed {len(computed)} new or changed image(s) of {len(results)}; "
+        f"reused {len(results) - len(computed)} unchanged"
+    )
+    create_table_artifact(rows, key=key, description=description)

@@ -16,7 +16,7 @@ from prefect import task
 
 from imageops.registry import OpParams
 from tasks import faults, io, steps
-from tasks.artifacts import Progress, publish_stage
+from tasks.artifacts import Progress, publish_batch_stage, publish_stage
 from tasks.reference import ArrayRef, TableRef, fingerprint
 from tasks.steps import StepResult, Upstream
 
@@ -80,7 +80,12 @@ def table_stage(
 
 @task(name="batch-image-stage", task_run_name="{key}", cache_key_fn=batch_stage_key, **STAGE_OPTIONS)
 def batch_image_stage(
-    params: OpParams, upstreams: dict[str, Upstream], stores: dict[str, str], key: str, chunks: list[int] | None = None
+    params: OpParams,
+    upstreams: dict[str, Upstream],
+    stores: dict[str, str],
+    key: str,
+    chunks: list[int] | None = None,
+    artifact: str | None = None,
 ) -> dict[str, StepResult]:
     """Run one step on every image, each image on its own worker task, whole or in the given chunks."""
     work = [
@@ -90,8 +95,10 @@ def batch_image_stage(
         )
         for image, upstream in upstreams.items()
     ]
-    results = steps.cluster_compute(*work)
-    return dict(zip(upstreams, results))
+    results = dict(zip(upstreams, steps.cluster_compute(*work)))
+    if artifact:
+        publish_batch_stage(artifact, results)
+    return results
 
 
 @task(name="batch-table-stage", task_run_name="{key}", **STAGE_OPTIONS)

@@ -45,6 +45,9 @@ _SESSION_ENV = {
     "PREFECT_UI_URL": os.environ.get("PREFECT_UI_URL", ""),
     "PREFECT_LOGGING_COLORS": "false",
     "PREFECT_CLI_COLORS": "false",
+    # Scheduled deployments are tested: the session server schedules, and promptly.
+    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "true",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
 }
 
 
@@ -59,8 +62,9 @@ def pytest_configure(config: pytest.Config) -> None:
             "its settings will not see the session's PREFECT_API_URL",
             stacklevel=1,
         )
-    saved: dict[str, str | None] = {}
-    updates = dict(_SESSION_ENV)
+    saved: dict[str, str | None] = {key: os.environ.get(key) for key in (*_SESSION_ENV, "PREFECT_API_URL")}
+    os.environ.update(_SESSION_ENV)  # before the server starts: it reads the scheduler settings
+    config.stash[_ENV_KEY] = saved
     server: LocalServer | None = None
     if not os.environ.get("PREFECT_API_URL"):
         home = tempfile.mkdtemp(prefix="haloflow-test-prefect-")
@@ -69,10 +73,7 @@ def pytest_configure(config: pytest.Config) -> None:
         except BaseException:
             shutil.rmtree(home, ignore_errors=True)
             raise
-        updates["PREFECT_API_URL"] = server.api_url
-    for key, value in updates.items():
-        saved[key] = os.environ.get(key)
-        os.environ[key] = value
+        os.environ["PREFECT_API_URL"] = server.api_url
     config.stash[_SERVER_KEY] = server
     config.stash[_ENV_KEY] = saved
 

@@ -1,0 +1,215 @@
+"""Runs from the Prefect UI and from schedules: ``haloflow serve`` against a real Prefect server.
+
+The flow runs are created through the REST API exactly as the UI's Run button
+does (``POST /api/deployments/{id}/create_flow_run``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import tifffile
+import yaml
+
+from flows.demo import demo_volume
+
+pytestmark = pytest.mark.slow
+
+STEPS = [
+    {"op": "gaussian", "sigma": 1.0},
+    {"op": "threshold", "method": "otsu"},
+    {"op": "label"},
+    {"op": "measure", "properties": ["label", "area"], "intensity": None},
+]
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Served:
+    """A ``haloflow serve`` process and the REST calls a UI would make."""
+
+    def __init__(self, api: str, args: list[str], cluster: str, cwd: Path):
+        env = {**os.environ, "HALOFLOW_CLUSTER": cluster, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+        self.api = api
+        self.log = cwd / "serve.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve", *args],
+            env=env, cwd=cwd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def deployment(self, flow: str, name: str) -> dict:
+        def found():
+            self._check_alive()
+            response = httpx.get(f"{self.api}/deployments/name/{flow}/{name}")
+            return response.json() if response.status_code == 200 else None
+
+        return wait_for(found, 90, f"deployment {flow}/{name}")
+
+    def run(self, deployment: dict, parameters: dict) -> httpx.Response:
+        return httpx.post(f"{self.api}/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters})
+
+    def wait_final(self, flow_run_id: str, timeout: float = 180) -> dict:
+        def final():
+            self._check_alive()
+            run = httpx.get(f"{self.api}/flow_runs/{flow_run_id}").json()
+            return run if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+        return wait_for(final, timeout, f"flow run {flow_run_id}")
+
+    def _check_alive(self):
+        if self.process.poll() is not None:
+            raise AssertionError("haloflow serve exited:\n" + self.log.read_text()[-3000:])
+
+    def stop(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=20)
+
+
+@pytest.fixture
+def serve(prefect_api_url, dask_cluster, tmp_path):
+    started = []
+
+    def start(*args: str) -> Served:
+        served = Served(prefect_api_url, list(args), dask_cluster, tmp_path)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
+
+
+def artifact_keys(api: str, flow_run_id: str) -> set[str]:
+    response = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+    response.raise_for_status()
+    return {a["key"] for a in response.json() if a["key"]}
+
+
+def test_ui_run_button_on_served_deployment(serve, tmp_path, prefect_api_url):
+    data = tmp_path / "data"
+    data.mkdir()
+    tifffile.imwrite(data / "volume.tif", demo_volume((16, 48, 40), n_objects=15, seed=2))
+    served = serve("--data-root", str(data))
+    deployment = served.deployment("large-image", "large-image")
+    served.deployment("batch", "batch")
+    out = data / "out"
+    response = served.run(deployment, {"input": str(data / "volume.tif"), "steps": STEPS, "output": str(out), "chunks": [8, 24, 20]})
+    assert response.status_code == 201, response.text
+    run = served.wait_final(response.json()["id"])
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    for name in ("01_gaussian.ome.zarr", "02_threshold.ome.zarr", "03_label.ome.zarr", "04_measure.csv", "run.json"):
+        assert (out / name).exists(), name
+    assert {"large-image-01-gaussian", "large-image-03-label", "large-image-03-label-picture", "large-image-04-measure"} <= artifact_keys(prefect_api_url, run["id"])
+
+    # A path outside --data-root is refused before any work, naming it.
+    outside = tmp_path / "elsewhere"
+    response = served.run(deployment, {"input": str(data / "volume.tif"), "steps": STEPS, "output": str(outside)})
+    run = served.wait_final(response.json()["id"])
+    assert run["state"]["type"] == "FAILED"
+    assert str(outside) in run["state"]["message"] and "outside the allowed data folders" in run["state"]["message"]
+    assert not outside.exists()
+    # ... also through '..' and symlinks.
+    (data / "link").symlink_to(tmp_path)
+    for sneaky in (str(data / ".." / "escaped"), str(data / "link" / "escaped")):
+        response = served.run(deployment, {"input": str(data / "volume.tif"), "steps": STEPS, "output": sneaky})
+        run = served.wait_final(response.json()["id"])
+        assert run["state"]["type"] == "FAILED" and "outside the allowed data folders" in run["state"]["message"]
+    assert not (tmp_path / "escaped").exists()
+
+    # Invalid parameters are refused by the server, naming the field, before a run exists.
+    response = served.run(deployment, {"input": str(data / "volume.tif"), "steps": [{"op": "gaussian", "sigma": -1}], "output": str(out)})
+    assert response.status_code in (409, 422), response.text
+    assert "sigma" in response.text
+
+    # Nothing the package started listens beyond the loopback interface.
+    listening = listening_addresses([served.process.pid])
+    assert listening and all(address in ("127.0.0.1", "::1") for address in listening), listening
+
+
+def listening_addresses(pids: list[int]) -> set[str]:
+    """Addresses of every listening socket of these processes and their children."""
+    processes = []
+    for pid in pids:
+        parent = psutil.Process(pid)
+        processes += [parent, *parent.children(recursive=True)]
+    ids = {p.pid for p in processes}
+    return {c.laddr.ip for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ids}
+
+
+def test_session_server_listens_on_loopback_only(prefect_server):
+    if prefect_server is None:
+        pytest.skip("the session uses an external Prefect API")
+    addresses = listening_addresses([prefect_server.pid])
+    assert addresses and addresses <= {"127.0.0.1", "::1"}, addresses
+
+
+def test_scheduled_batch_computes_only_new_images(serve, tmp_path, prefect_api_url):
+    folder = tmp_path / "acquisitions"
+    folder.mkdir()
+    for seed in (1, 2):
+        tifffile.imwrite(folder / f"day_{seed}.tif", demo_volume((40, 40), n_objects=8, seed=seed))
+    out = tmp_path / "results"
+    spec = tmp_path / "nightly.yaml"
+    spec.write_text(yaml.safe_dump({"flow": "batch", "input": str(folder / "*.tif"), "steps": STEPS, "output": str(out)}))
+    served = serve("--spec", str(spec), "--interval", "6", "--limit", "1")
+    deployment = served.deployment("batch", "nightly")
+    assert deployment["schedules"] and deployment["schedules"][0]["schedule"]["interval"] == 6.0
+
+    def completed_runs():
+        response = httpx.post(
+            f"{prefect_api_url}/flow_runs/filter",
+            json={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}, "state": {"type": {"any_": ["COMPLETED"]}}}, "sort": "START_TIME_ASC"},
+        )
+        return response.json()
+
+    first = wait_for(lambda: completed_runs() or None, 150, "a scheduled run to complete")[0]
+    record = json.loads((out / "run.json").read_text())
+    assert record["stages"][0]["computed_images"] == ["day_1", "day_2"]
+
+    tifffile.imwrite(folder / "day_3.tif", demo_volume((40, 40), n_objects=8, seed=3))
+    added = time.time()
+
+    def later_run():
+        for run in completed_runs():
+            started = run["start_time"]
+            if run["id"] != first["id"] and started and _timestamp(started) > added:
+                return run
+        return None
+
+    second = wait_for(later_run, 150, "a scheduled run after the new image")
+    record = json.loads((out / "run.json").read_text())
+    assert record["stages"][0]["computed_images"] == ["day_3"], record["stages"][0]
+    assert {s["name"]: s["computed_images"] for s in record["stages"] if "computed_images" in s} == {
+        "01_gaussian": ["day_3"], "02_threshold": ["day_3"], "03_label": ["day_3"]
+    }
+    table = (out / "04_measure.csv").read_text().splitlines()
+    assert {line.split(",")[0] for line in table[1:]} == {"day_1", "day_2", "day_3"}
+    assert "batch-01-gaussian" in artifact_keys(prefect_api_url, second["id"])
+
+
+def _timestamp(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
