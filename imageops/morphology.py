@@ -14,8 +14,10 @@ Each function equals its scikit-image / SciPy counterpart on the whole image
 - ``fill_holes``: ``scipy.ndimage.binary_fill_holes``.
 - ``remove_small_objects`` / ``remove_small_holes``: the 0.26 calls with
   ``max_size`` (remove objects / fill holes of ``max_size`` voxels *or
-  fewer*); the older ``min_size`` / ``area_threshold`` (strictly fewer) are
-  deprecated there and not offered here. A "hole" of ``remove_small_holes``
+  fewer*). The older ``min_size`` / ``area_threshold`` (documented as
+  strictly fewer) are deprecated there and not offered here; note that
+  skimage 0.26.0 forwards a deprecated value to ``max_size``, so it too
+  removes objects of exactly that size. A "hole" of ``remove_small_holes``
   is any connected background region, also one touching the image border.
 - ``expand_labels``: ``skimage.segmentation.expand_labels``.
 

@@ -137,9 +137,9 @@ def test_max_size_removes_objects_of_exactly_that_size():
     mask[0, 0:3] = True  # 3 voxels
     mask[2:4, 4:6] = True  # 4 voxels
     assert hm.remove_small_objects(mask, 3).sum() == 4
-    # The deprecated min_size removed strictly smaller objects: the 3-voxel one stays.
-    with pytest.warns(FutureWarning, match="min_size"):
-        assert skmorph.remove_small_objects(mask, min_size=3).sum() == 7
+    assert hm.remove_small_objects(mask, 2).sum() == 7
+    holes = ~mask
+    assert hm.remove_small_holes(holes, 3).sum() == holes.sum() + 3
 
 
 def test_remove_small_holes_fills_small_background_at_the_border_too():
