@@ -13,7 +13,7 @@ from prefect.filesystems import LocalFileSystem
 
 from flows.record import RunRecord, prepare_output, stage_key
 from flows.runner import make_task_runner
-from flows.spec import InputField, PipelineSpec, Step, check_data_roots, step_name
+from flows.spec import InputField, PipelineSpec, StepChoice, check_data_roots, step_name
 from tasks import io
 from tasks.artifacts import artifact_key
 from tasks.reference import fingerprint
@@ -24,7 +24,7 @@ from tasks.stages import batch_image_stage, batch_table_stage, image_stage, tabl
 @flow(name="large-image", task_runner=make_task_runner(), log_prints=False, validate_parameters=True)
 def large_image_flow(
     input: InputField,
-    steps: list[Step],
+    steps: list[StepChoice],
     output: str,
     chunks: list[int] | None = None,
 ) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def large_image_flow(
 @flow(name="batch", task_runner=make_task_runner(), log_prints=False, validate_parameters=True)
 def batch_flow(
     input: str,
-    steps: list[Step],
+    steps: list[StepChoice],
     output: str,
     chunks: list[int] | None = None,
 ) -> dict[str, Any]:

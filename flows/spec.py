@@ -30,9 +30,11 @@ class _Named(BaseModel):
 
 
 def _named_model(params: type) -> type:
-    """A spec step: the op's parameters plus an optional ``name``."""
+    """A spec step: the op's parameters plus an optional ``name``, titled by its op (the UI's choice label)."""
     model = create_model(f"{params.__name__.removesuffix('Params')}Step", __base__=(params, _Named), __module__=__name__)
     model.__doc__ = params.__doc__
+    model.model_config["title"] = params.model_fields["op"].default
+    model.model_rebuild(force=True)
     return model
 
 
@@ -40,13 +42,18 @@ STEP_MODELS: tuple[type, ...] = tuple(_named_model(p) for p in all_params())
 for _model in STEP_MODELS:
     globals()[_model.__name__] = _model
 
+#: One step, chosen by its ``op`` (validated as a discriminated union).
 Step = Annotated[Union[STEP_MODELS], Field(discriminator="op")]
+#: The same choice for the flows' signatures: a plain union is an ``anyOf`` in the
+#: JSON schema, which the Prefect UI renders as one form per op (it shows a
+#: discriminated ``oneOf`` as raw JSON). The flows re-validate through the spec.
+StepChoice = Union[STEP_MODELS]
 
 
 class TileGrid(BaseModel):
     """A grid of TIFF tiles, assembled like ``dask.array.block``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", title="tile grid")
     tiles: list[Any] = Field(title="Tiles", description="Nested lists of TIFF paths, one level per grid axis.")
 
     @field_validator("tiles")
@@ -70,12 +77,16 @@ class TileGrid(BaseModel):
 class ZarrInput(BaseModel):
     """An array in a zarr store (or an OME-Zarr image)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", title="zarr store")
     zarr: str = Field(title="Store", description="Path of the zarr store.")
     component: str | None = Field(None, title="Component", description="Array path inside the store.")
 
 
-InputField = Union[str, TileGrid, ZarrInput]
+InputField = Union[
+    Annotated[str, Field(title="path or glob", description="A TIFF, a zarr store, or a glob of TIFFs.")],
+    TileGrid,
+    ZarrInput,
+]
 
 
 class PipelineSpec(BaseModel):

@@ -32,6 +32,7 @@ import warnings
 import pytest
 
 from flows.runner import LocalServer, drain_prefect_workers, start_local_server
+from tests.serving import serve  # noqa: F401  (fixture: a `haloflow serve` process)
 
 _SERVER_KEY = pytest.StashKey["LocalServer | None"]()
 _ENV_KEY = pytest.StashKey["dict[str, str | None]"]()
