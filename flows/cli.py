@@ -59,19 +59,21 @@ def _cluster_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args) -> int:
-    from flows.spec import SpecError, load_spec
+    from flows.record import OutputError, check_chunks, check_output
+    from flows.spec import SpecError, check_data_roots, load_spec
     from tasks.io import InputError, list_batch_images, resolve_input
 
     try:
         spec = load_spec(args.spec)
         if args.output:
             spec = spec.model_copy(update={"output": args.output})
+        check_data_roots(spec)
         if spec.flow == "batch":
             list_batch_images(spec.input)
         else:
-            resolve_input(spec.to_input())
-        _check_output(spec.output)
-    except (SpecError, InputError) as error:
+            check_chunks(spec.chunks, resolve_input(spec.to_input()).shape)
+        check_output(spec.output, spec.input)
+    except (SpecError, InputError, OutputError) as error:
         return _bad_input(error)
     return _run(spec, args)
 
@@ -80,10 +82,12 @@ def cmd_demo(args) -> int:
     from flows.demo import DEMO_SHAPE, demo_spec, write_demo_tiff
     from flows.spec import load_spec
 
+    from flows.record import OutputError, check_output
+
     output = Path(args.output).absolute()
     try:
-        _check_output(str(output))
-    except ValueError as error:
+        check_output(str(output))
+    except OutputError as error:
         return _bad_input(error)
     shape = tuple(args.shape or DEMO_SHAPE)
     started = time.perf_counter()
@@ -134,31 +138,43 @@ def _run(spec, args) -> int:
 
         flow = batch_flow if spec.flow == "batch" else large_image_flow
         runner = make_task_runner(cluster=args.cluster, n_workers=None if args.cluster else args.workers)
-        result = flow.with_options(task_runner=runner)(
-            input=spec.input, steps=spec.steps, output=spec.output, chunks=spec.chunks
+        state = flow.with_options(task_runner=runner)(
+            input=spec.input, steps=spec.steps, output=spec.output, chunks=spec.chunks, return_state=True
         )
-    print_summary(result, time.perf_counter() - started)
+        result = state.result(raise_on_failure=False) if state.is_completed() or state.is_failed() else None
+    seconds = time.perf_counter() - started
+    if isinstance(result, dict) and "stages" in result:
+        print_summary(result, seconds, final=state.is_completed())
+    if not state.is_completed():
+        return report_failure(state, result)
     return 0
 
 
-def print_summary(result: dict, seconds: float) -> None:
+def report_failure(state, result) -> int:
+    """The run's last lines: what failed and why; exit code 1."""
+    failures = result.get("failed", {}) if isinstance(result, dict) else {}
+    if failures:
+        print(f"haloflow: {len(failures)} image(s) failed; the others are complete:", file=sys.stderr)
+        for image, failure in failures.items():
+            print(f"  {image}: {failure['step']}: {failure['error']}", file=sys.stderr)
+    else:
+        message = state.message or state.name
+        print(f"haloflow: the run failed: {message}", file=sys.stderr)
+    return 1
+
+
+def print_summary(result: dict, seconds: float, final: bool = True) -> None:
     for stage in result["stages"]:
         ref = stage.get("ref", {})
         where = ref.get("store") or ref.get("path") or f"{len(stage.get('images', {}))} images"
         found = stage.get("info") or {}
         extra = ", ".join(f"{k} {v}" for k, v in found.items())
         print(f"  {stage['name']:<20} {stage['status']:<9} {stage['seconds']:7.1f} s  {where}" + (f"  ({extra})" if extra else ""))
+    if not final:
+        return
     objects = [s["info"]["objects"] for s in result["stages"] if "objects" in (s.get("info") or {})]
     found = f"; found {objects[-1]} objects" if objects else ""
     print(f"haloflow: done in {seconds:.1f} s{found}; results in {result['output']} (run record: {result['run_json']})")
-
-
-def _check_output(output: str) -> None:
-    path = Path(output).expanduser()
-    if path.exists() and not path.is_dir():
-        from tasks.io import InputError
-
-        raise InputError(f"output {path} is a file, not a folder")
 
 
 def _bad_input(error: Exception) -> int:

@@ -9,15 +9,16 @@ from typing import Any
 from dataclasses import replace
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 from prefect.filesystems import LocalFileSystem
 
-from flows.record import RunRecord, prepare_output, stage_key
+from flows.record import RunRecord, check_chunks, prepare_output, stage_key
 from flows.runner import make_task_runner
 from flows.spec import InputField, PipelineSpec, StepChoice, check_data_roots, step_name
 from tasks import io
-from tasks.artifacts import artifact_key
+from tasks.artifacts import artifact_key, publish_failures
 from tasks.reference import fingerprint
-from tasks.steps import StepResult, step_fingerprint
+from tasks.steps import ImageFailure, StepResult, step_fingerprint
 from tasks.stages import batch_image_stage, batch_table_stage, image_stage, table_stage
 
 
@@ -32,7 +33,8 @@ def large_image_flow(
     spec = PipelineSpec(flow="large_image", input=input, steps=steps, output=output, chunks=chunks)
     check_data_roots(spec)
     source = io.resolve_input(spec.to_input())
-    out = prepare_output(spec.output)
+    check_chunks(spec.chunks, source.shape)
+    out = prepare_output(spec.output, spec.input)
     record = RunRecord.start(spec, out)
     storage = result_storage(out)
     logger = get_run_logger()
@@ -71,9 +73,15 @@ def batch_flow(
     spec = PipelineSpec(flow="batch", input=input, steps=steps, output=output, chunks=chunks)
     check_data_roots(spec)
     paths = io.list_batch_images(spec.input)
-    sources = {stem: io.resolve_input(str(path)) for stem, path in image_stems(paths).items()}
-    out = prepare_output(spec.output)
-    record = RunRecord.start(spec, out, images=list(sources))
+    out = prepare_output(spec.output, spec.input)
+    failures: dict[str, dict[str, str]] = {}
+    sources: dict[str, Any] = {}
+    for stem, path in image_stems(paths).items():
+        try:
+            sources[stem] = io.resolve_input(str(path))
+        except io.InputError as error:  # one unreadable image must not stop the others
+            failures[stem] = {"step": "read", "error": str(error)}
+    record = RunRecord.start(spec, out, images=list(sources) + list(failures))
     storage = result_storage(out)
     logger = get_run_logger()
     images: dict[str, dict[str, Any]] = {"input": dict(sources)}
@@ -83,8 +91,11 @@ def batch_flow(
         started = time.perf_counter()
         if step.op == "measure":
             intensity = images[step.intensity] if step.intensity else None
+            intensity = None if intensity is None else {stem: intensity[stem] for stem in upstream}
             stage = batch_table_stage.with_options(**stage_options(storage, True))
             result = run_stage(stage, step, upstream, str(out / f"{key}.csv"), key, intensity)
+            for stem, error in result.info.get("failed", {}).items():
+                failures[stem] = {"step": key, "error": error}
             record.add_stage(number, step, result, seconds=time.perf_counter() - started)
         else:
             stores = {stem: str(out / stem / f"{key}.ome.zarr") for stem in upstream}
@@ -95,10 +106,18 @@ def batch_flow(
             results = future.result()
             if future.state.name == "Cached":
                 results = {stem: replace(r, status="cached") for stem, r in results.items()}
-            upstream = {stem: r.ref for stem, r in results.items()}
+            for stem, r in results.items():
+                if isinstance(r, ImageFailure):
+                    failures[stem] = {"step": key, "error": r.error}
+            upstream = {stem: r.ref for stem, r in results.items() if not isinstance(r, ImageFailure)}
             images.setdefault(step_name(step), upstream)
             record.add_batch_stage(number, step, results, seconds=time.perf_counter() - started)
         logger.info("%s: %d images in %.1f s", key, len(upstream), time.perf_counter() - started)
+    if failures:
+        publish_failures(artifact_key("batch", "failures"), failures)
+        summary = record.finish(failures=failures)
+        names = "; ".join(f"{stem} ({f['step']}: {f['error']})" for stem, f in failures.items())
+        return Failed(message=f"{len(failures)} of {len(failures) + len(upstream)} images failed: {names}", data=summary)
     return record.finish()
 
 

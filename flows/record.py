@@ -26,13 +26,41 @@ def stage_key(number: int, step) -> str:
     return f"{number:02d}_{step_name(step)}"
 
 
-def prepare_output(output: str) -> Path:
-    """Create the output folder; refuse a path that is a file."""
-    path = Path(output).expanduser().absolute()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"output {path} is a file, not a folder")
+def prepare_output(output: str, input_=None) -> Path:
+    """Create the output folder; refuse a file, or a folder holding another input's run."""
+    path = check_output(output, input_)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_output(output: str, input_=None) -> Path:
+    """The output folder, unless it is a file or holds the stores of a run on another input."""
+    path = Path(output).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output {path} is a file, not a folder")
+    record = path / "run.json"
+    if input_ is not None and record.is_file():
+        try:
+            previous = json.loads(record.read_text())["spec"]["input"]
+        except (OSError, ValueError, KeyError, TypeError):
+            previous = None
+        current = input_ if isinstance(input_, str) else input_.model_dump(mode="json", exclude_none=True)
+        if previous is not None and previous != current:
+            raise OutputError(
+                f"output {path} holds the results of a run on another input ({previous}); "
+                "choose another output folder, or remove that one"
+            )
+    return path
+
+
+def check_chunks(chunks, shape) -> None:
+    """Refuse a chunk shape that does not have one entry per axis of the image."""
+    if chunks is not None and len(chunks) != len(shape):
+        raise OutputError(f"chunks {list(chunks)} has {len(chunks)} entries but the image has {len(shape)} axes (shape {tuple(shape)})")
+
+
+class OutputError(ValueError):
+    """A run that cannot start: the message names the path or field and the problem."""
 
 
 def package_versions() -> dict[str, str]:
@@ -81,16 +109,19 @@ class RunRecord:
                 "step": number,
                 "name": stage_key(number, step),
                 "op": step.op,
-                "status": "cached" if all(r.status == "cached" for r in results.values()) else "computed",
+                "status": "cached" if all(_status(r) == "cached" for r in results.values()) else "computed",
                 "seconds": round(seconds, 3),
-                "computed_images": sorted(i for i, r in results.items() if r.status != "cached"),
+                "computed_images": sorted(i for i, r in results.items() if _status(r) in ("computed", "resumed")),
+                "failed_images": sorted(i for i, r in results.items() if _status(r) == "failed"),
                 "images": {image: r.to_dict() for image, r in results.items()},
             }
         )
         self.save()
 
-    def finish(self) -> dict[str, Any]:
-        self.data["status"] = "completed"
+    def finish(self, failures: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+        self.data["status"] = "failed" if failures else "completed"
+        if failures:
+            self.data["failed"] = failures
         self.data["seconds"] = round(time.perf_counter() - self.started, 3)
         self.save()
         return {"output": str(self.path.parent), "run_json": str(self.path), **self.data}
@@ -100,3 +131,7 @@ class RunRecord:
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.data, indent=2, default=str))
         os.replace(tmp, self.path)
+
+
+def _status(result) -> str:
+    return getattr(result, "status", "failed")

@@ -156,17 +156,48 @@ def load_spec(source: str | Path | dict) -> PipelineSpec:
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """Short lines, one per problem: the field's path and the message."""
+    """Short lines, one per problem: where (``steps[1] (gaussian) sigma``) and what.
+
+    >>> try:
+    ...     PipelineSpec.model_validate({"input": "a.tif", "output": "o", "steps": [{"op": "gaussian", "sigma": -1}]})
+    ... except ValidationError as e:
+    ...     print(describe_validation_error(e))
+    steps[0] (gaussian) sigma: Input should be greater than 0
+    """
+    from imageops import OPS
+
     lines = []
-    for item in error.errors()[:5]:
-        location = ".".join(str(part) for part in item["loc"] if not _is_union_tag(part))
+    errors = error.errors()
+    about_input = [e for e in errors if e["loc"][:1] == ("input",)]
+    if len(about_input) > 1:  # one line for a union that matched none of its forms
+        errors = [e for e in errors if e not in about_input]
+        lines.append("input: must be a path or glob (text), {tiles: [[...], ...]}, or {zarr: PATH, component: NAME}")
+    for item in errors[:5]:
         message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{location}: {message}" if location else message)
+        if item["type"] == "union_tag_invalid":
+            message = f"unknown op {item['ctx']['tag']!r}; known ops: {', '.join(OPS)}"
+        where = _location(item["loc"], OPS)
+        lines.append(f"{where}: {message}" if where else message)
     return "\n".join(lines)
 
 
-def _is_union_tag(part) -> bool:
-    return isinstance(part, str) and (part.endswith("Step") or part in ("str", "TileGrid", "ZarrInput"))
+_UNION_MEMBERS = ("str", "TileGrid", "ZarrInput")
+
+
+def _location(loc, ops) -> str:
+    """``('steps', 0, 'gaussian', 'sigma')`` -> ``steps[0] (gaussian) sigma``; union member names dropped."""
+    text = ""
+    for index, part in enumerate(loc):
+        after_index = index > 0 and isinstance(loc[index - 1], int)
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif after_index and part in ops:
+            text += f" ({part})"
+        elif part in _UNION_MEMBERS or str(part).startswith("function-"):
+            continue
+        else:
+            text += (" " if text.endswith(")") else "." if text else "") + str(part)
+    return text
 
 
 #: Folders that runs may read and write, separated by os.pathsep; set by ``haloflow serve --data-root``.

@@ -92,13 +92,24 @@ def _number(value) -> str:
 
 def publish_batch_stage(key: str, results: dict[str, StepResult]) -> None:
     """One table for a batch stage: each image, whether it was computed or reused, and its store."""
-    computed = sorted(image for image, r in results.items() if r.status != "cached")
+    computed = sorted(image for image, r in results.items() if getattr(r, "status", "failed") == "computed")
     rows = [
         {"image": image, "status": r.status, "seconds": f"{r.seconds:.2f}", "store": _where(r.ref)}
+        if isinstance(r, StepResult)
+        else {"image": image, "status": "failed", "seconds": "-", "store": r.error}
         for image, r in results.items()
     ]
     description = (
         f"{key}: computed {len(computed)} new or changed image(s) of {len(results)}; "
-        f"reused {len(results) - len(computed)} unchanged"
+        f"reused {sum(getattr(r, 'status', '') == 'cached' for r in results.values())} unchanged"
     )
+    failed = [image for image, r in results.items() if not isinstance(r, StepResult)]
+    if failed:
+        description += f"; {len(failed)} failed: {', '.join(failed)}"
     create_table_artifact(rows, key=key, description=description)
+
+
+def publish_failures(key: str, failures: dict[str, dict[str, str]]) -> None:
+    """A table of the images a batch run could not process, the step and the reason."""
+    rows = [{"image": image, "step": f["step"], "error": f["error"]} for image, f in failures.items()]
+    create_table_artifact(rows, key=key, description=f"{len(rows)} image(s) failed")

@@ -47,6 +47,8 @@ def lift(image: da.Array, params: OpParams, compute: Compute = dask.compute) -> 
     family = get_op(params.op).family
     if family in ("pointwise", "neighbourhood"):
         return lift_local(image, params), {}
+    from tasks import lift_filters, lift_masks  # noqa: F401  (the op families register their liftings)
+
     if params.op not in GLOBAL_LIFTS:
         raise ValueError(f"op {params.op!r} has no lifting onto chunks")
     return GLOBAL_LIFTS[params.op](image, params, compute)
@@ -63,7 +65,8 @@ def lift_local(image: da.Array, params: OpParams) -> da.Array:
     info = get_op(params.op)
     if info.block_fn is None or info.family not in ("pointwise", "neighbourhood"):
         raise ValueError(f"op {params.op!r} is not a local op; it has its own lifting")
-    depth = info.halo(params, image.ndim)
+    # A halo deeper than the image adds nothing beyond the whole axis (and dask refuses it).
+    depth = tuple(min(d, n) for d, n in zip(info.halo(params, image.ndim), image.shape))
     dtype = info.out_dtype(params, image.dtype)
     meta = np.empty((0,) * image.ndim, dtype=dtype)
     if not any(depth):

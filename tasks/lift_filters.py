@@ -116,7 +116,13 @@ def threshold_by_passes(image: da.Array, method: str, compute: Compute = dask.co
         parts = np.stack(compute(*[dask.delayed(threshold_ops.block_partition_sums)(b, t, vmin) for b in blocks]))
         return math.fsum(parts[:, 0]), int(parts[:, 1].sum()), math.fsum(parts[:, 2]), int(parts[:, 3].sum())
 
+    upper_gap = []  # the smallest gap inside any one block: an upper bound of the image's smallest gap
+
     def gap_at_least(gap) -> bool:
+        if not upper_gap:
+            upper_gap.append(min(compute(*[dask.delayed(threshold_ops.block_min_gap)(b, vmin) for b in blocks])))
+        if gap > upper_gap[0]:
+            return False
         level = [dask.delayed(threshold_ops.unique_with_gaps)(b, vmin, gap) for b in blocks]
         while len(level) > 1:
             level = [

@@ -89,8 +89,8 @@ def batch_image_stage(
 ) -> dict[str, StepResult]:
     """Run one step on every image, each image on its own worker task, whole or in the given chunks."""
     work = [
-        dask.delayed(steps.run_image_step)(
-            params, upstream, stores[image], name=key, chunks=_image_chunks(upstream, chunks),
+        dask.delayed(steps.isolated)(
+            steps.run_image_step, params, upstream, stores[image], name=key, chunks=_image_chunks(upstream, chunks),
             compute=steps.local_compute, compute_blocks=steps.sync_compute_blocks,
         )
         for image, upstream in upstreams.items()
@@ -111,18 +111,22 @@ def batch_table_stage(
 ) -> StepResult:
     """Measure every image's objects and write one table with an ``image`` column first."""
     work = [
-        dask.delayed(steps.measure_columns)(
-            params, ref, intensity=None if intensity is None else intensity[image], compute=steps.local_compute
+        dask.delayed(steps.isolated)(
+            steps.measure_columns, params, ref, intensity=None if intensity is None else intensity[image],
+            compute=steps.local_compute,
         )
         for image, ref in labels.items()
     ]
-    per_image = steps.cluster_compute(*work)
-    columns = concatenate_tables(list(labels), per_image)
+    per_image = dict(zip(labels, steps.cluster_compute(*work)))
+    failed = {image: r.error for image, r in per_image.items() if isinstance(r, steps.ImageFailure)}
+    measured = {image: r for image, r in per_image.items() if image not in failed}
+    columns = concatenate_tables(list(measured), list(measured.values()))
     io.write_table(columns, table)
     rows = len(columns["image"])
     parts = [ref.fingerprint for ref in labels.values()] + [params.model_dump(mode="json", exclude={"name"})]
     ref = TableRef(table, rows, tuple(columns), fingerprint(*parts))
-    return StepResult(ref, 0.0, info={"rows": rows})
+    info = {"rows": rows, "failed": failed} if failed else {"rows": rows}
+    return StepResult(ref, 0.0, info=info)
 
 
 def concatenate_tables(images: list[str], tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

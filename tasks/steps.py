@@ -19,7 +19,7 @@ import numpy as np
 
 from imageops import get_op
 from imageops.registry import OpParams
-from tasks import io, lift, lift_filters, lift_masks  # noqa: F401  (the families register their liftings)
+from tasks import io, lift
 from tasks.cluster import compute_each, compute_on_cluster
 from tasks.reference import ArrayRef, TableRef, fingerprint
 
@@ -39,6 +39,31 @@ class StepResult:
     def to_dict(self) -> dict[str, Any]:
         kind = "table" if isinstance(self.ref, TableRef) else "array"
         return {"kind": kind, "ref": self.ref.to_dict(), "seconds": self.seconds, "status": self.status, "info": self.info}
+
+
+@dataclass(frozen=True)
+class ImageFailure:
+    """One image of a batch that could not be read or processed, and why."""
+
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": "failed", "error": self.error}
+
+
+def isolated(function, *args, **kwargs):
+    """Run one image's work; a failure becomes an :class:`ImageFailure` instead of stopping the batch."""
+    try:
+        return function(*args, **kwargs)
+    except Exception as error:  # every failure of one image is recorded, the batch goes on
+        return ImageFailure(describe_error(error))
+
+
+def describe_error(error: BaseException) -> str:
+    """One line: the error's type (unless it is a plain ValueError) and its message."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    plain = type(error).__name__ in ("ValueError", "InputError", "InputNotFoundError")
+    return message if plain else f"{type(error).__name__}: {message}"
 
 
 def cluster_compute(*collections):
