@@ -55,7 +55,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import urllib.request
@@ -622,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="measured runs of each (default 1)")
     parser.add_argument("--markdown", type=Path, default=None, help="append / replace the section in this file")
     parser.add_argument("--interval-ms", type=float, default=25.0, help="memory sampling period (default 25)")
-    parser.add_argument("--no-cold", action="store_true", help="skip the cold haloflow run (fresh Prefect home)")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold haloflow run (empty haloflow cache)")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="before each run, wait up to this many seconds for the machine to be idle (default 120; 0: don't)")
     parser.add_argument("--max-other-load", type=float, default=0.25,

@@ -29,10 +29,14 @@ class MedianParams(OpParams):
 
 
 class ThresholdParams(OpParams):
-    """Foreground mask image > t, with t global (skimage.filters.threshold_otsu) or given."""
+    """Foreground mask image > t, with t global (skimage.filters.threshold_<method>) or given."""
 
     op: Literal["threshold"] = "threshold"
-    method: Literal["otsu", "manual"] = Field("otsu", title="Method", description="How the threshold is chosen.")
+    method: Literal[threshold.METHODS] = Field(  # type: ignore[valid-type]
+        "otsu", title="Method",
+        description="How the threshold is chosen: as skimage.filters.threshold_<method> on the whole image "
+        "(otsu, yen, isodata, triangle, minimum, mean, li), or manual (give the value).",
+    )
     value: float | None = Field(None, title="Value", description="The threshold, for method 'manual' only.")
 
     @model_validator(mode="after")

@@ -5,9 +5,7 @@ function of its parameters (:mod:`imageops.halo`); ``rescale_intensity`` is
 global (its percentiles are exact over the whole image, see
 ``tasks.lift_filters``).
 
-Edge modes: ``'wrap'`` is left out on purpose. A chunk at the image's edge
-would wrap onto itself, not onto the opposite side of the image, so chunked
-would not equal whole-image with ``map_overlap(boundary="none")``.
+Edge modes are :data:`imageops.registry.Mode` (no ``'wrap'``).
 """
 
 from __future__ import annotations
@@ -18,10 +16,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from . import filters, halo, threshold
-from .registry import OpInfo, OpParams, register
+from .registry import Mode, OpInfo, OpParams, register
 
-#: Edge modes whose chunked result equals the whole-image one (no 'wrap': see the module docstring).
-EdgeMode = Literal["nearest", "reflect", "constant", "mirror"]
 
 _MODE_DESCRIPTION = "How the image is extended beyond its edges."
 
@@ -31,7 +27,7 @@ class UniformParams(OpParams):
 
     op: Literal["uniform"] = "uniform"
     size: int = Field(gt=0, le=255, title="Size", description="Width of the box, in voxels, on every axis.")
-    mode: EdgeMode = Field("nearest", title="Edge mode", description=_MODE_DESCRIPTION)
+    mode: Mode = Field("nearest", title="Edge mode", description=_MODE_DESCRIPTION)
 
 
 class MinimumParams(OpParams):
@@ -39,7 +35,7 @@ class MinimumParams(OpParams):
 
     op: Literal["minimum"] = "minimum"
     size: int = Field(gt=0, le=255, title="Size", description="Width of the box, in voxels, on every axis.")
-    mode: EdgeMode = Field("nearest", title="Edge mode", description=_MODE_DESCRIPTION)
+    mode: Mode = Field("nearest", title="Edge mode", description=_MODE_DESCRIPTION)
 
 
 class MaximumParams(OpParams):
@@ -47,21 +43,21 @@ class MaximumParams(OpParams):
 
     op: Literal["maximum"] = "maximum"
     size: int = Field(gt=0, le=255, title="Size", description="Width of the box, in voxels, on every axis.")
-    mode: EdgeMode = Field("nearest", title="Edge mode", description=_MODE_DESCRIPTION)
+    mode: Mode = Field("nearest", title="Edge mode", description=_MODE_DESCRIPTION)
 
 
 class SobelParams(OpParams):
     """Sobel gradient magnitude (skimage.filters.sobel)."""
 
     op: Literal["sobel"] = "sobel"
-    mode: EdgeMode = Field("reflect", title="Edge mode", description=_MODE_DESCRIPTION)
+    mode: Mode = Field("reflect", title="Edge mode", description=_MODE_DESCRIPTION)
 
 
 class LaplaceParams(OpParams):
     """Discrete Laplacian (scipy.ndimage.laplace on float32)."""
 
     op: Literal["laplace"] = "laplace"
-    mode: EdgeMode = Field("reflect", title="Edge mode", description=_MODE_DESCRIPTION)
+    mode: Mode = Field("reflect", title="Edge mode", description=_MODE_DESCRIPTION)
 
 
 class GaussianLaplaceParams(OpParams):
@@ -70,7 +66,7 @@ class GaussianLaplaceParams(OpParams):
     op: Literal["gaussian_laplace"] = "gaussian_laplace"
     sigma: float = Field(gt=0, le=1000, title="Sigma", description="Standard deviation of the Gaussian, in voxels.")
     truncate: float = Field(4.0, gt=0, le=100, title="Truncate", description="Kernel radius in standard deviations.")
-    mode: EdgeMode = Field("reflect", title="Edge mode", description=_MODE_DESCRIPTION)
+    mode: Mode = Field("reflect", title="Edge mode", description=_MODE_DESCRIPTION)
 
 
 class DifferenceOfGaussiansParams(OpParams):
@@ -83,7 +79,7 @@ class DifferenceOfGaussiansParams(OpParams):
         description="Sigma of the wider Gaussian, in voxels; default 1.6 times the low sigma.",
     )
     truncate: float = Field(4.0, gt=0, le=100, title="Truncate", description="Kernel radius in standard deviations.")
-    mode: EdgeMode = Field("nearest", title="Edge mode", description=_MODE_DESCRIPTION)
+    mode: Mode = Field("nearest", title="Edge mode", description=_MODE_DESCRIPTION)
 
     @model_validator(mode="after")
     def _high_not_below_low(self):
@@ -97,7 +93,7 @@ class WhiteTophatParams(OpParams):
 
     op: Literal["white_tophat"] = "white_tophat"
     radius: int = Field(gt=0, le=100, title="Radius", description="Radius of the disk (2D) or ball (3D), in voxels.")
-    mode: EdgeMode = Field("reflect", title="Edge mode", description=_MODE_DESCRIPTION)
+    mode: Mode = Field("reflect", title="Edge mode", description=_MODE_DESCRIPTION)
 
 
 class ClipParams(OpParams):
@@ -153,7 +149,7 @@ class ThresholdLocalParams(OpParams):
         "gaussian", title="Method",
         description="Local statistic: 'gaussian' (sigma (block_size - 1) / 6) or 'median'.",
     )
-    mode: EdgeMode = Field("reflect", title="Edge mode", description=_MODE_DESCRIPTION)
+    mode: Mode = Field("reflect", title="Edge mode", description=_MODE_DESCRIPTION)
 
     @model_validator(mode="after")
     def _odd_block_size(self):

@@ -101,9 +101,9 @@ def uniform(image, size, *, mode: str = "nearest") -> np.ndarray:
     """Mean over a box of ``size`` voxels per axis, computed in float32.
 
     Equal to ``scipy.ndimage.uniform_filter(image.astype(np.float32), size, mode=mode)``
-    (float64 images are filtered as they are). SciPy sums a running window
+    (float64 images are filtered as they are). SciPy keeps a running sum
     along each line, so values computed on a chunk can differ from the
-    whole-image ones in the last bits (relative 1e-7 in float32).
+    whole-image ones in the last bit (the sum is double, the result rounded).
 
     Parameters
     ----------

@@ -13,7 +13,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-Mode = Literal["nearest", "reflect", "constant", "mirror", "wrap"]
+#: Edge modes whose chunked result equals the whole-image one. ``'wrap'`` is left out on purpose:
+#: a chunk at the image's edge would wrap onto itself, not onto the opposite side of the image.
+Mode = Literal["nearest", "reflect", "constant", "mirror"]
 Kind = Literal["image", "mask", "labels", "table"]
 
 

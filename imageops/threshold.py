@@ -28,7 +28,9 @@ from ._validation import check_array, check_real
 
 #: Thresholds computed from the whole image's histogram (the one scikit-image builds).
 HISTOGRAM_METHODS = ("otsu", "yen", "isodata", "triangle", "minimum")
-#: Thresholds that need sums over the image (``li`` only for float images: integer ones use the histogram).
+#: Thresholds found by passes over the image rather than from the histogram ``tasks.lift.threshold_value``
+#: builds: ``mean`` (a sum: exact for integer images, any range) and ``li`` (one pass per iteration on float
+#: images; integer images use the histogram, as scikit-image does).
 PASS_METHODS = ("mean", "li")
 METHODS = (*HISTOGRAM_METHODS, *PASS_METHODS, "manual")
 #: The local methods of ``skimage.filters.threshold_local`` that give the same mask on chunks ('mean'
@@ -515,13 +517,13 @@ GatherValues = Callable[[list[Interval]], list[np.ndarray]]
 
 def select_order_statistics(
     ranks: Sequence[int], n: int, vmin, vmax, stats_in: IntervalStats, gather_in: GatherValues,
-    *, gather_limit: int = GATHER_LIMIT,
+    *, gather_limit: int | None = None,
 ) -> dict[int, object]:
     """The values of rank ``r`` (0-based, ascending) of an image, exactly, for every ``r`` in ``ranks``.
 
     Each rank is known to lie among the values of an interval ``[lo, hi]``
     (at first the image's range). While an interval holds more than
-    ``gather_limit`` values, one pass bins them (``stats_in``: the summed
+    ``gather_limit`` values (default :data:`GATHER_LIMIT`), one pass bins them (``stats_in``: the summed
     :func:`block_interval_stats` of every block) and the interval narrows to
     the smallest and largest value of the rank's bin; once few enough are
     left (or all are equal), they are gathered (``gather_in``) and sorted.
@@ -538,6 +540,7 @@ def select_order_statistics(
     True
     """
     dtype = np.asarray(vmin).dtype
+    gather_limit = GATHER_LIMIT if gather_limit is None else gather_limit
     pending = {int(r): (dtype.type(vmin), dtype.type(vmax), 0, int(n)) for r in ranks}
     if any(not 0 <= r < n for r in pending):
         raise ValueError(f"ranks must be in [0, {n}), got {sorted(pending)}")

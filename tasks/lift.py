@@ -80,6 +80,10 @@ def threshold_value(image: da.Array, params: ThresholdParams, compute: Compute =
     """The global threshold of ``image``, equal to scikit-image's on the whole image."""
     if params.method == "manual":
         return params.value
+    if params.method in threshold_ops.PASS_METHODS:
+        from tasks import lift_filters
+
+        return lift_filters.threshold_by_passes(image, params.method, compute)
     vmin, vmax = compute(image.min(), image.max())
     vmin, vmax = vmin[()], vmax[()]
     if vmin == vmax or not (np.isfinite(vmin) and np.isfinite(vmax)):

@@ -52,8 +52,9 @@ def percentiles(image: da.Array, qs, compute: Compute = dask.compute) -> list[np
     blocks = image.to_delayed().ravel()
 
     def stats_in(intervals):
-        shape = (len(intervals), threshold_ops.ORDER_BINS)
-        parts = [dask.delayed(threshold_ops.block_interval_stats, nout=3)(b, intervals) for b in blocks]
+        nbins = threshold_ops.ORDER_BINS
+        shape = (len(intervals), nbins)
+        parts = [dask.delayed(threshold_ops.block_interval_stats, nout=3)(b, intervals, nbins) for b in blocks]
         counts = da.stack([da.from_delayed(p[0], shape, dtype=np.int64) for p in parts]).sum(axis=0)
         mins = da.stack([da.from_delayed(p[1], shape, dtype=image.dtype) for p in parts]).min(axis=0)
         maxs = da.stack([da.from_delayed(p[2], shape, dtype=image.dtype) for p in parts]).max(axis=0)

@@ -48,12 +48,13 @@ def test_fill_and_run_the_large_image_form(serve, prefect_server, prefect_api_ur
             page.get_by_role("tab", name="label", exact=True).nth(2).click()
             page.get_by_label("output", exact=True).fill(str(out))
             page.screenshot(path=str(SCREENSHOTS / "ui-form-filled.png"), full_page=True)
+            run_name = page.get_by_label("Run Name").input_value()
             page.get_by_role("button", name="Submit").click()
 
             def finished_run():
                 runs = httpx.post(
                     f"{prefect_api_url}/flow_runs/filter",
-                    json={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}},
+                    json={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}, "name": {"any_": [run_name]}}},
                 ).json()
                 done = [r for r in runs if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")]
                 return done[0] if done else None

@@ -304,14 +304,19 @@ def test_li_of_float_images_from_sums_gives_skimage_mask(dtype, seed):
     np.testing.assert_array_equal(image > value, image > reference)
 
 
-def test_li_of_quantised_float_images_stops_where_skimage_stops():
-    # Integer-valued floats: gaps of 1, so a step of at most 0.5 ends scikit-image's iteration even when it moves
-    # values across: that needs the gap check.
-    for seed in range(6):
-        image = np.round(blobs((25, 25), seed=seed, dtype=np.float32) * 12).astype(np.float32)
-        _, sums, gaps = _sums_of(image)
-        value = ht.li_from_sums(sums, image.min(), image.max(), gap_at_least=gaps)
-        assert value == filters.threshold_li(image)
+@pytest.mark.parametrize(("seed", "scale"), [(308, 12), (344, 20), (292, 8)])
+def test_li_of_quantised_float_images_stops_where_skimage_stops(seed, scale):
+    # Whole-number floats: gaps of 1, so scikit-image stops after a step of at most 0.5 even when that step moves
+    # values between the classes. Without the gap check the iteration would go on to another threshold.
+    rng = np.random.default_rng(seed)
+    image = np.round(rng.random((9, 9)) ** [0.5, 1, 2, 3][seed % 4] * scale).astype(np.float32)
+    _, sums, gaps = _sums_of(image)
+    asked = []
+    value = ht.li_from_sums(sums, image.min(), image.max(), gap_at_least=lambda d: asked.append(gaps(d)) or asked[-1])
+    assert value == filters.threshold_li(image)
+    assert asked[-1] is True
+    going_on = ht.li_from_sums(sums, image.min(), image.max(), gap_at_least=lambda d: False)
+    assert going_on != value
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64])
