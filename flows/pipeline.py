@@ -14,7 +14,7 @@ from prefect.filesystems import LocalFileSystem
 
 from flows.record import RunRecord, check_chunks, prepare_output, stage_key
 from flows.runner import make_task_runner
-from flows.spec import InputField, PipelineSpec, StepChoice, check_data_roots, step_name
+from flows.spec import InputField, PipelineSpec, SpecError, StepChoice, check_data_roots, input_with_axes, step_name
 from tasks import io
 from tasks.artifacts import artifact_key, publish_failures
 from tasks.reference import fingerprint
@@ -28,11 +28,16 @@ def large_image_flow(
     steps: list[StepChoice],
     output: str,
     chunks: list[int] | None = None,
+    channel_axis: int | None = None,
+    time_axis: int | None = None,
 ) -> dict[str, Any]:
     """One image too large for memory: every step over chunks, exact across chunk borders."""
-    spec = PipelineSpec(flow="large_image", input=input, steps=steps, output=output, chunks=chunks)
+    spec = PipelineSpec(
+        flow="large_image", input=input, steps=steps, output=output, chunks=chunks,
+        channel_axis=channel_axis, time_axis=time_axis,
+    )
     check_data_roots(spec)
-    source = io.resolve_input(spec.to_input())
+    source = input_with_axes(spec, io.resolve_input(spec.to_input()))
     check_chunks(spec.chunks, source.shape)
     out = prepare_output(spec.output, spec.input)
     record = RunRecord.start(spec, out)
@@ -44,7 +49,7 @@ def large_image_flow(
         key = stage_key(number, step)
         artifact = artifact_key("large-image", key)
         if step.op == "measure":
-            intensity = images[step.intensity] if step.intensity else None
+            intensity = measure_intensity(step, images)
             table = str(out / f"{key}.csv")
             fresh = not io.table_is_complete(table, step_fingerprint(step, upstream, intensity))
             stage = table_stage.with_options(**stage_options(storage, fresh))
@@ -68,9 +73,14 @@ def batch_flow(
     steps: list[StepChoice],
     output: str,
     chunks: list[int] | None = None,
+    channel_axis: int | None = None,
+    time_axis: int | None = None,
 ) -> dict[str, Any]:
     """Many images, each processed on its own; tables joined with an ``image`` column first."""
-    spec = PipelineSpec(flow="batch", input=input, steps=steps, output=output, chunks=chunks)
+    spec = PipelineSpec(
+        flow="batch", input=input, steps=steps, output=output, chunks=chunks,
+        channel_axis=channel_axis, time_axis=time_axis,
+    )
     check_data_roots(spec)
     paths = io.list_batch_images(spec.input)
     out = prepare_output(spec.output, spec.input)
@@ -78,8 +88,8 @@ def batch_flow(
     sources: dict[str, Any] = {}
     for stem, path in image_stems(paths).items():
         try:
-            sources[stem] = io.resolve_input(str(path))
-        except io.InputError as error:  # one unreadable image must not stop the others
+            sources[stem] = input_with_axes(spec, io.resolve_input(str(path)))
+        except (io.InputError, SpecError) as error:  # one unreadable image must not stop the others
             failures[stem] = {"step": "read", "error": str(error)}
     record = RunRecord.start(spec, out, images=list(sources) + list(failures))
     storage = result_storage(out)
@@ -90,8 +100,8 @@ def batch_flow(
         key = stage_key(number, step)
         started = time.perf_counter()
         if step.op == "measure":
-            intensity = images[step.intensity] if step.intensity else None
-            intensity = None if intensity is None else {stem: intensity[stem] for stem in upstream}
+            named = {stem: {n: found[stem] for n, found in images.items() if stem in found} for stem in upstream}
+            intensity = {stem: measure_intensity(step, named[stem]) for stem in upstream} if step.intensity else None
             stage = batch_table_stage.with_options(**stage_options(storage, True))
             result = run_stage(stage, step, upstream, str(out / f"{key}.csv"), key, intensity)
             for stem, error in result.info.get("failed", {}).items():
@@ -119,6 +129,13 @@ def batch_flow(
         names = "; ".join(f"{stem} ({f['step']}: {f['error']})" for stem, f in failures.items())
         return Failed(message=f"{len(failures)} of {len(failures) + len(upstream)} images failed: {names}", data=summary)
     return record.finish()
+
+
+def measure_intensity(step, images: dict[str, Any]):
+    """A measure step's intensity image by name: none, one, or a list of them (its ``intensity`` is a list)."""
+    if isinstance(step.intensity, list):
+        return [images[name] for name in step.intensity]
+    return images[step.intensity] if step.intensity else None
 
 
 def stage_options(storage: str, fresh: bool) -> dict[str, Any]:

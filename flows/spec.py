@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import itertools
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -16,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from imageops import all_params, get_op
+from tasks.axes import resolve_axes
+from tasks.io import InputSpec
 
 
 class SpecError(ValueError):
@@ -97,12 +100,28 @@ class PipelineSpec(BaseModel):
     flow: Literal["large_image", "batch"] = Field("large_image", title="Workflow")
     input: InputField = Field(title="Input", description="A TIFF, a glob of TIFFs, a tile grid, or a zarr store.")
     chunks: list[Annotated[int, Field(gt=0)]] | None = Field(None, title="Chunks", description="Chunk shape, one entry per axis.")
+    channel_axis: int | None = Field(
+        None, ge=-5, le=4, title="Channel axis",
+        description="The input's channel axis (0: the first, -1: the last); each channel is processed on its own. "
+        "Default: as the input's OME metadata says.",
+    )
+    time_axis: int | None = Field(
+        None, ge=-5, le=4, title="Time axis",
+        description="The input's time axis; each time point is processed on its own. "
+        "Default: as the input's OME metadata says.",
+    )
     steps: list[Step] = Field(min_length=1, title="Steps")
     output: str = Field(title="Output folder")
 
     @model_validator(mode="after")
     def _steps_fit_together(self):
         check_steps(self.steps)
+        return self
+
+    @model_validator(mode="after")
+    def _channel_and_time_differ(self):
+        if self.channel_axis is not None and self.channel_axis == self.time_axis:
+            raise ValueError(f"channel_axis and time_axis must be different axes, both are {self.channel_axis}")
         return self
 
     def to_input(self) -> Any:
@@ -112,6 +131,27 @@ class PipelineSpec(BaseModel):
 
 def step_name(step) -> str:
     return step.name or step.op
+
+
+def input_with_axes(spec: PipelineSpec, source: InputSpec) -> InputSpec:
+    """The input with the channel and time axes it is processed by: the spec's fields, else its metadata's.
+
+    Raises SpecError, naming the field, for an axis out of range, both fields
+    on one axis, 1 or more than 3 spatial axes left, or a ``measure`` step on
+    an image with a channel or time axis (not supported yet).
+    """
+    try:
+        axes = resolve_axes(source.shape, channel_axis=spec.channel_axis, time_axis=spec.time_axis, metadata=source.axes)
+    except (TypeError, ValueError) as error:
+        raise SpecError(str(error)) from None
+    if axes.split:
+        for index, step in enumerate(spec.steps):
+            if step.op == "measure":
+                raise SpecError(
+                    f"steps[{index}] (measure): measuring an image with a channel or time axis "
+                    f"(axes {''.join(axes.names)}, shape {source.shape}) is not supported yet"
+                )
+    return replace(source, channel_axis=axes.channel, time_axis=axes.time)
 
 
 def check_steps(steps) -> None:
@@ -126,10 +166,10 @@ def check_steps(steps) -> None:
         name = step_name(step)
         if step.name is not None and name in names:
             raise ValueError(f"{where}: name {name!r} is used twice")
-        if step.op == "measure" and step.intensity and step.intensity != "input":
-            if names.get(step.intensity) != "image":
+        for field, ref in step.intensity_refs() if step.op == "measure" else ():
+            if ref != "input" and names.get(ref) != "image":
                 known = [n for n, k in names.items() if k == "image"]
-                raise ValueError(f"{where}: intensity {step.intensity!r} is not an earlier image step; known: {known}")
+                raise ValueError(f"{where} {field}: {ref!r} is not an earlier image step; known: {known}")
         names.setdefault(name, info.gives)
         kind = info.gives
 

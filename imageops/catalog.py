@@ -66,17 +66,38 @@ class MeasureParams(OpParams):
         default_factory=lambda: ["label", "area", "centroid"],
         min_length=1, title="Properties", description="Columns of the table, named as in regionprops_table.",
     )
-    intensity: str | None = Field(
+    intensity: str | list[str] | None = Field(
         "input", title="Intensity image",
-        description="'input' for the pipeline's input, the name of an earlier step, or empty for none.",
+        description="'input' for the pipeline's input, the name of an earlier step, or empty for none; "
+        "a list of them measures each image, columns suffixed -0, -1, ... in list order.",
     )
 
     @model_validator(mode="after")
     def _intensity_for_intensity_properties(self):
+        if isinstance(self.intensity, list):
+            if not self.intensity:
+                raise ValueError("intensity: an empty list names no image; give names, or null for none")
+            for index, name in enumerate(self.intensity):
+                if not name:
+                    raise ValueError(f"intensity[{index}]: an empty name")
+                if name in self.intensity[:index]:
+                    raise ValueError(f"intensity[{index}]: {name!r} is listed twice")
         wanted = [p for p in self.properties if p in measure.INTENSITY_PROPERTIES]
         if wanted and not self.intensity:
             raise ValueError(f"properties {wanted} need an intensity image")
         return self
+
+    def intensity_refs(self) -> list[tuple[str, str]]:
+        """Each intensity image named, with the field that names it: ``[("intensity[1]", "gaussian"), ...]``.
+
+        >>> MeasureParams(intensity=["input", "smooth"]).intensity_refs()
+        [('intensity[0]', 'input'), ('intensity[1]', 'smooth')]
+        >>> MeasureParams(intensity="input").intensity_refs(), MeasureParams(intensity=None).intensity_refs()
+        ([('intensity', 'input')], [])
+        """
+        if isinstance(self.intensity, list):
+            return [(f"intensity[{index}]", name) for index, name in enumerate(self.intensity)]
+        return [("intensity", self.intensity)] if self.intensity else []
 
 
 def _gaussian_dtype(params, dtype) -> np.dtype:

@@ -32,6 +32,7 @@ import zarr
 from dask.base import tokenize
 from zarr.codecs import ZstdCodec
 
+from tasks.axes import ImageAxes
 from tasks.reference import ArrayRef, fingerprint as _digest
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "read_ref",
     "read_table",
     "resolve_input",
+    "store_axes",
     "write_blocks",
     "write_table",
 ]
@@ -117,6 +119,10 @@ class InputSpec:
         Chunk shape as stored on disk (TIFF strips/tiles/pages, zarr chunks or
         shards), the alignment unit of the default dask chunks. For tiles: of
         the first tile.
+    channel_axis, time_axis : int or None
+        The image's channel and time axes, from its metadata (OME-TIFF or
+        ImageJ axes ``C`` and ``T``, OME-Zarr axis types ``channel`` and
+        ``time``), or as a pipeline spec set them; every other axis is spatial.
     """
 
     kind: str
@@ -127,6 +133,8 @@ class InputSpec:
     component: str | None = None
     tile_shapes: tuple[tuple[int, ...], ...] = ()
     native_chunks: tuple[int, ...] = ()
+    channel_axis: int | None = None
+    time_axis: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in INPUT_KINDS:
@@ -138,23 +146,35 @@ class InputSpec:
         object.__setattr__(self, "tile_shapes", tuple(_int_tuple(s) for s in self.tile_shapes))
         if self.grid is not None:
             object.__setattr__(self, "grid", _int_tuple(self.grid))
+        if self.channel_axis is not None or self.time_axis is not None:
+            axes = self.axes  # checks them against the shape
+            object.__setattr__(self, "channel_axis", axes.channel)
+            object.__setattr__(self, "time_axis", axes.time)
 
     @property
     def ndim(self) -> int:
         """Number of axes of the image."""
         return len(self.shape)
 
+    @property
+    def axes(self) -> ImageAxes:
+        """Which axes hold channels and time points (the others are spatial)."""
+        return ImageAxes(self.ndim, self.channel_axis, self.time_axis)
+
     def fingerprint(self) -> str:
         """Content fingerprint from the inputs' paths, sizes and modification times.
 
         Cheap: files are stat-ed, never read. For a zarr store the metadata
         files are stat-ed and the array directory's files counted and summed.
+        A channel or time axis is part of it (the results differ).
         """
         if self.kind == "zarr":
             parts: Any = _zarr_stat(self.paths[0], self.component or "")
         else:
             parts = [_file_stat(p) for p in self.paths]
-        return _digest("input", self.kind, self.grid, self.component, parts)
+        axes = {"channel": self.channel_axis, "time": self.time_axis}
+        extra = [axes] if any(v is not None for v in axes.values()) else []
+        return _digest("input", self.kind, self.grid, self.component, parts, *extra)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (lists instead of tuples)."""
@@ -167,6 +187,8 @@ class InputSpec:
             "component": self.component,
             "tile_shapes": [list(s) for s in self.tile_shapes],
             "native_chunks": list(self.native_chunks),
+            "channel_axis": self.channel_axis,
+            "time_axis": self.time_axis,
         }
 
     @classmethod
@@ -537,6 +559,28 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
     return dict(_haloflow_attrs(_open_group(store), store))
 
 
+def store_axes(path: str | os.PathLike) -> ImageAxes:
+    """The channel and time axes an OME-Zarr store's metadata gives its image (types ``channel``, ``time``).
+
+    Raises
+    ------
+    FileNotFoundError
+        `path` does not exist.
+    ValueError
+        `path` is not an OME-Zarr image, or its axes do not fit its array.
+    """
+    store = os.fspath(path)
+    if "://" not in store and not os.path.exists(store):
+        raise FileNotFoundError(f"store {store} does not exist")
+    attrs = zarr.open_group(store, mode="r").attrs.asdict()
+    component = _ome_component(attrs, store)
+    array = zarr.open_array(store, path=component, mode="r")
+    try:
+        return _ome_axes(attrs, component, array.ndim)
+    except ValueError as exc:
+        raise ValueError(f"store {store}: {exc}") from exc
+
+
 def resumable(path: str | os.PathLike, fingerprint: str) -> ArrayRef | None:
     """The store at `path` if it was created for `fingerprint` and is not complete yet."""
     try:
@@ -775,7 +819,10 @@ def _resolve_tiff(path: Path) -> InputSpec:
     if not _is_tiff_name(path):
         raise InputError(f"input {path} is not a .tif/.tiff file or a zarr store directory")
     shape, dtype, native = _tiff_info(path, probe=True)
-    return InputSpec("tiff", (str(path),), shape, dtype, native_chunks=native)
+    axes = _tiff_axes(path)
+    return InputSpec(
+        "tiff", (str(path),), shape, dtype, native_chunks=native, channel_axis=axes.channel, time_axis=axes.time
+    )
 
 
 def _resolve_glob(pattern: str) -> InputSpec:
@@ -792,8 +839,11 @@ def _resolve_glob(pattern: str) -> InputSpec:
                 f"glob pattern {pattern!r}: {path} has shape {other_shape} and dtype {other_dtype}, "
                 f"but {paths[0]} has shape {shape} and dtype {dtype}"
             )
+    file_axes = _tiff_axes(paths[0])
+    after_new_axis = {name: None if axis is None else axis + 1 for name, axis in
+                      (("channel_axis", file_axes.channel), ("time_axis", file_axes.time))}
     return InputSpec(
-        "glob", tuple(map(str, paths)), (len(paths), *shape), dtype, native_chunks=(1, *native)
+        "glob", tuple(map(str, paths)), (len(paths), *shape), dtype, native_chunks=(1, *native), **after_new_axis
     )
 
 
@@ -828,6 +878,7 @@ def _resolve_tiles(tiles: Any) -> InputSpec:
             )
     offset = len(first_shape) - len(grid)
     shape = first_shape[:offset] + tuple(sum(e) for e in extents)
+    axes = _tiff_axes(paths[0])
     return InputSpec(
         "tiles",
         tuple(map(str, paths)),
@@ -836,6 +887,8 @@ def _resolve_tiles(tiles: Any) -> InputSpec:
         grid=grid,
         tile_shapes=tuple(shapes),
         native_chunks=native,
+        channel_axis=axes.channel,
+        time_axis=axes.time,
     )
 
 
@@ -906,8 +959,14 @@ def _resolve_zarr(path: Path, component: str | None) -> InputSpec:
             f"zarr store {path} has no readable array at component {component!r}: {_one_line(exc)}"
         ) from exc
     native = array.shards or array.chunks
+    attrs = node.attrs.asdict() if isinstance(node, zarr.Group) else {}
+    try:
+        axes = _ome_axes(attrs, component, array.ndim)
+    except ValueError as exc:
+        raise InputError(f"zarr store {path}: {exc}") from exc
     return InputSpec(
-        "zarr", (str(path),), array.shape, array.dtype.name, component=component, native_chunks=native
+        "zarr", (str(path),), array.shape, array.dtype.name, component=component, native_chunks=native,
+        channel_axis=axes.channel, time_axis=axes.time,
     )
 
 
@@ -921,6 +980,55 @@ def _ome_component(attrs: Mapping[str, Any], where: str) -> str:
     if not isinstance(path, str):
         raise ValueError(f"zarr group {where}: multiscales dataset path must be a str, got {path!r}")
     return path
+
+
+def _ome_axes(attrs: Mapping[str, Any], component: str, ndim: int) -> ImageAxes:
+    """The channel and time axes the first OME multiscales gives its datasets (NGFF 0.3 to 0.5).
+
+    Axes of type ``channel`` and ``time`` (or, without a type, named ``c`` and
+    ``t``); none if ``component`` is not one of its datasets or it names no axes.
+
+    >>> attrs = {"ome": {"multiscales": [{"axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"},
+    ...     {"name": "x", "type": "space"}], "datasets": [{"path": "0"}]}]}}
+    >>> _ome_axes(attrs, "0", 3)
+    ImageAxes(ndim=3, channel=0, time=None)
+    """
+    ome = attrs.get("ome", attrs)
+    try:
+        multiscale = ome["multiscales"][0]
+        paths = [dataset["path"] for dataset in multiscale["datasets"]]
+        axes = multiscale["axes"]
+    except (KeyError, IndexError, TypeError):
+        return ImageAxes(ndim)
+    if component not in paths or not isinstance(axes, list):
+        return ImageAxes(ndim)
+    if len(axes) != ndim:
+        raise ValueError(f"its OME metadata names {len(axes)} axes but the array at {component!r} has {ndim}")
+    return ImageAxes.from_types([_ome_axis_type(axis) for axis in axes])
+
+
+def _ome_axis_type(axis: Any) -> str:
+    """An OME-NGFF axis' type: its ``type``, else (NGFF 0.3 names, untyped axes) ``c``/``t`` by name."""
+    if isinstance(axis, Mapping) and axis.get("type"):
+        return str(axis["type"])
+    name = axis.get("name") if isinstance(axis, Mapping) else axis
+    return {"c": "channel", "t": "time"}.get(str(name).lower(), "space")
+
+
+def _tiff_axes(path: Path) -> ImageAxes:
+    """The channel and time axes a TIFF's metadata gives its first series: ``C`` and ``T``.
+
+    An OME-TIFF's channels stored as samples (tifffile's ``S``) are its channel
+    axis too; in other TIFFs ``S`` may be tifffile's guess, and stays spatial.
+    """
+    try:
+        with tifffile.TiffFile(path) as tif:
+            letters, ome = tif.series[0].levels[0].axes, tif.is_ome
+    except Exception as exc:  # tifffile raises many types on bad files
+        raise InputError(f"cannot read TIFF {path}: {_one_line(exc)}") from exc
+    channel = "S" if ome and "C" not in letters else "C"
+    types = ["channel" if a == channel else "time" if a == "T" else "space" for a in letters]
+    return ImageAxes.from_types(types)
 
 
 def _tiff_info(path: Path, probe: bool) -> tuple[tuple[int, ...], str, tuple[int, ...]]:

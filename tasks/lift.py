@@ -12,7 +12,8 @@ pass one that runs on the flow's cluster. Nothing here knows about Prefect.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import dask
@@ -22,6 +23,7 @@ import numpy as np
 from imageops import get_op, label as label_ops, measure as measure_ops, threshold as threshold_ops
 from imageops.catalog import LabelParams, MeasureParams, ThresholdParams
 from imageops.registry import OpParams
+from tasks.axes import ImageAxes, map_pieces
 
 Compute = Callable[..., tuple]
 #: A global op's lifting: ``(image, params, compute) -> (lazy result, what the global phase found)``.
@@ -42,8 +44,24 @@ def lifts(op: str):
     return register
 
 
-def lift(image: da.Array, params: OpParams, compute: Compute = dask.compute) -> tuple[da.Array, dict[str, Any]]:
-    """Any image-producing op on a dask array: the lazy result and what its global phase found."""
+def lift(
+    image: da.Array, params: OpParams, compute: Compute = dask.compute, *, axes: ImageAxes | None = None
+) -> tuple[da.Array, dict[str, Any]]:
+    """Any image-producing op on a dask array: the lazy result and what its global phase found.
+
+    With ``axes`` naming a channel or time axis, every piece (one channel at
+    one time point) is processed on its own, as if it were the whole image
+    (:func:`tasks.axes.map_pieces`); what the global phases found comes back
+    as a list over the pieces, e.g. one threshold per channel.
+
+    >>> from imageops.catalog import ThresholdParams
+    >>> x = da.from_array(np.array([[[0, 2], [4, 6]], [[0, 20], [40, 60]]]), chunks=1)
+    >>> mask, found = lift(x, ThresholdParams(method="mean"), axes=ImageAxes(3, channel=0))
+    >>> found
+    {'threshold': [3.0, 30.0]}
+    """
+    if axes is not None and axes.split:
+        return map_pieces(image, axes, partial(lift, params=params, compute=compute))
     family = get_op(params.op).family
     if family in ("pointwise", "neighbourhood"):
         return lift_local(image, params), {}
@@ -141,13 +159,20 @@ def label(mask: da.Array, params: LabelParams, compute: Compute = dask.compute) 
 
 
 def measure(
-    labels: da.Array, params: MeasureParams, intensity: da.Array | None = None, compute: Compute = dask.compute
+    labels: da.Array,
+    params: MeasureParams,
+    intensity: da.Array | Sequence[da.Array] | None = None,
+    compute: Compute = dask.compute,
 ) -> dict[str, np.ndarray]:
-    """Per-object table as ``regionprops_table`` gives on the whole image."""
+    """Per-object table as ``regionprops_table`` gives on the whole image.
+
+    ``intensity`` is one image of the labels' shape, or that shape plus a last
+    axis of channels, or a list of images of the labels' shape, measured as
+    one image stacked on a last channel axis: columns ``intensity_mean-0``,
+    ``intensity_mean-1``, ... in list order.
+    """
     if intensity is not None:
-        if intensity.shape != labels.shape:
-            raise ValueError(f"intensity image has shape {intensity.shape} but labels have {labels.shape}")
-        intensity = intensity.rechunk(labels.chunks)
+        intensity = intensity_on_label_chunks(labels, intensity)
     wants_intensity = any(p in measure_ops.INTENSITY_PROPERTIES for p in params.properties)
     if wants_intensity and intensity is None:
         raise ValueError(f"properties {params.properties} need an intensity image")
@@ -162,6 +187,31 @@ def measure(
     )
     merged = measure_ops.merge_partials(parts)
     return measure_ops.regionprops_columns(merged, params.properties, labels.ndim)
+
+
+def intensity_on_label_chunks(labels: da.Array, intensity: da.Array | Sequence[da.Array]) -> da.Array:
+    """The intensity image(s) chunked as the labels, a list stacked on a last (single-chunk) channel axis.
+
+    >>> labels = da.zeros((4, 6), chunks=(3, 2), dtype=np.uint32)
+    >>> intensity_on_label_chunks(labels, [da.ones((4, 6), chunks=4)] * 2).chunks
+    ((3, 1), (2, 2, 2), (2,))
+    """
+    if isinstance(intensity, (list, tuple)):
+        if not intensity:
+            raise ValueError("intensity: an empty list of images")
+        for index, image in enumerate(intensity):
+            if image.shape != labels.shape:
+                raise ValueError(f"intensity[{index}] has shape {image.shape} but labels have {labels.shape}")
+        stacked = da.stack([image.rechunk(labels.chunks) for image in intensity], axis=-1)
+        return stacked.rechunk(labels.chunks + ((len(intensity),),))
+    if intensity.shape == labels.shape:
+        return intensity.rechunk(labels.chunks)
+    if intensity.ndim == labels.ndim + 1 and intensity.shape[:-1] == labels.shape:
+        return intensity.rechunk(labels.chunks + ((intensity.shape[-1],),))
+    raise ValueError(
+        f"intensity image has shape {intensity.shape} but labels have {labels.shape} "
+        "(give the labels' shape, or that shape plus a last axis of channels)"
+    )
 
 
 @lifts("threshold")

@@ -20,6 +20,7 @@ import numpy as np
 from imageops import get_op
 from imageops.registry import OpParams
 from tasks import io, lift
+from tasks.axes import ImageAxes
 from tasks.cluster import compute_each, compute_on_cluster
 from tasks.reference import ArrayRef, TableRef, fingerprint
 
@@ -79,11 +80,15 @@ def upstream_fingerprint(upstream: Upstream) -> str:
     return upstream.fingerprint if isinstance(upstream, ArrayRef) else upstream.fingerprint()
 
 
-def step_fingerprint(params: OpParams, upstream: Upstream, intensity: Upstream | None = None) -> str:
+def step_fingerprint(
+    params: OpParams, upstream: Upstream, intensity: Upstream | list[Upstream] | None = None
+) -> str:
     """Fingerprint of a step's output: its input's, the op's name and version, its parameters."""
     info = get_op(params.op)
     parts = [upstream_fingerprint(upstream), info.name, info.version, params.model_dump(mode="json", exclude={"name"})]
-    if intensity is not None:
+    if isinstance(intensity, (list, tuple)):
+        parts.append([upstream_fingerprint(image) for image in intensity])
+    elif intensity is not None:
         parts.append(upstream_fingerprint(intensity))
     return fingerprint(*parts)
 
@@ -94,6 +99,11 @@ def open_lazy(upstream: Upstream, chunks=None) -> da.Array:
         array = io.read_ref(upstream)
         return array if chunks is None else array.rechunk(chunks)
     return io.imread(upstream, chunks=chunks)
+
+
+def upstream_axes(upstream: Upstream) -> ImageAxes:
+    """The channel and time axes of a step's input: as its store's OME metadata, or the source image, says."""
+    return io.store_axes(upstream.store) if isinstance(upstream, ArrayRef) else upstream.axes
 
 
 def run_image_step(
@@ -123,13 +133,14 @@ def run_image_step(
     if io.is_complete(store, fp):
         return _cached_result(store, started)
     image = open_lazy(upstream, chunks)
-    result, found = lift.lift(image, params, compute)
+    axes = upstream_axes(upstream)
+    result, found = lift.lift(image, params, compute, axes=axes)
     ref = io.resumable(store, fp)
     status = "computed" if ref is None else "resumed"
     if ref is None:
         ref = io.create_store(
-            store, shape=result.shape, dtype=result.dtype, chunks=_regular_chunks(image),
-            kind=info.gives, fingerprint=fp, name=name,
+            store, shape=result.shape, dtype=result.dtype, chunks=_regular_chunks(result),
+            kind=info.gives, fingerprint=fp, name=name, axes=axes.names,
         )
     done = io.done_blocks(ref)
     writes = io.write_blocks(result, ref, skip=done)
@@ -180,9 +191,17 @@ def run_table_step(
     return StepResult(ref, time.perf_counter() - started, info={"rows": rows})
 
 
-def measure_columns(params: OpParams, labels: ArrayRef, *, intensity: Upstream | None = None, compute=cluster_compute):
-    """The measurement table's columns, computed over the label store's chunks."""
-    intensity_array = None if intensity is None else open_lazy(intensity)
+def measure_columns(
+    params: OpParams, labels: ArrayRef, *, intensity: Upstream | list[Upstream] | None = None, compute=cluster_compute
+):
+    """The measurement table's columns, computed over the label store's chunks.
+
+    ``intensity``: one image, or a list of images (per-image columns ``-0``, ``-1``, ... in list order).
+    """
+    if isinstance(intensity, (list, tuple)):
+        intensity_array = [open_lazy(image) for image in intensity]
+    else:
+        intensity_array = None if intensity is None else open_lazy(intensity)
     return lift.measure(io.read_ref(labels), params, intensity=intensity_array, compute=compute)
 
 
