@@ -1,4 +1,4 @@
-"""The ``haloflow`` command line: ``run`` a spec, or run the ``demo``.
+"""The ``haloflow`` command line: ``run`` a spec, run the ``demo``, ``inspect`` a run's output.
 
 Bad input is checked before anything starts and answered with a short message
 and exit code 2; Prefect is imported only once the API for the run is chosen.
@@ -7,6 +7,7 @@ and exit code 2; Prefect is imported only once the API for the run is chosen.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -33,13 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec", help="the spec file")
     run.add_argument("--output", help="output folder (overrides the spec's)")
     _cluster_options(run)
+    _output_options(run)
     run.set_defaults(handler=cmd_run)
 
     demo = sub.add_parser("demo", help="make a synthetic volume and run gaussian -> otsu -> label -> measure on it")
     demo.add_argument("--output", default="haloflow-demo", help="output folder (default: ./haloflow-demo)")
     demo.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"), help="volume shape (default 128 512 512)")
     _cluster_options(demo)
+    _output_options(demo)
     demo.set_defaults(handler=cmd_demo)
+
+    inspect = sub.add_parser("inspect", help="summarise a run's output folder and write PNG previews to OUT/previews/")
+    inspect.add_argument("output", metavar="OUT", help="the output folder of a run (holding run.json)")
+    inspect.add_argument("--slice", type=int, default=None, metavar="INDEX",
+                         help="preview this plane of the first axis instead of the maximum projection")
+    inspect.set_defaults(handler=cmd_inspect)
 
     serve = sub.add_parser("serve", help="serve the flows as deployments for the Prefect UI and schedules")
     serve.add_argument("--spec", help="also serve this spec as a scheduled deployment, named after the file")
@@ -50,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only paths inside DIR may be read or written by the runs (repeatable)")
     serve.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
     serve.set_defaults(handler=cmd_serve)
+
+    ops = sub.add_parser("ops", help="list every op with its parameters (type, bounds, default) and description")
+    ops.add_argument("--markdown", action="store_true", help="as a Markdown table (the README's op reference)")
+    ops.set_defaults(handler=cmd_ops)
     return parser
 
 
@@ -58,9 +71,21 @@ def _cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="worker processes of the local cluster (default: one per core)")
 
 
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final line")
+    level.add_argument("-v", "--verbose", action="store_true", help="also show Prefect's and Dask's logs")
+
+
+def _console(args):
+    from flows.console import Console
+
+    return Console("quiet" if getattr(args, "quiet", False) else "verbose" if getattr(args, "verbose", False) else "normal")
+
+
 def cmd_run(args) -> int:
     from flows.record import OutputError, check_chunks, check_output
-    from flows.spec import SpecError, check_data_roots, load_spec
+    from flows.spec import SpecError, check_data_roots, input_with_axes, load_spec
     from tasks.io import InputError, list_batch_images, resolve_input
 
     try:
@@ -71,7 +96,8 @@ def cmd_run(args) -> int:
         if spec.flow == "batch":
             list_batch_images(spec.input)
         else:
-            check_chunks(spec.chunks, resolve_input(spec.to_input()).shape)
+            source = input_with_axes(spec, resolve_input(spec.to_input()))
+            check_chunks(spec.chunks, source.shape)
         check_output(spec.output, spec.input)
     except (SpecError, InputError, OutputError) as error:
         return _bad_input(error)
@@ -92,12 +118,34 @@ def cmd_demo(args) -> int:
     shape = tuple(args.shape or DEMO_SHAPE)
     started = time.perf_counter()
     source = write_demo_tiff(output / "demo_volume.tif", shape)
-    print(f"haloflow demo: wrote a synthetic {'x'.join(map(str, shape))} uint16 volume to {source} "
-          f"({time.perf_counter() - started:.1f} s)")
+    _console(args).info(f"haloflow demo: wrote a synthetic {'x'.join(map(str, shape))} uint16 volume to {source} "
+                        f"({time.perf_counter() - started:.1f} s)")
     spec = load_spec(demo_spec(str(source), str(output)))
     if shape != DEMO_SHAPE:
         spec = spec.model_copy(update={"chunks": [max(1, s // 2) for s in shape]})
     return _run(spec, args)
+
+
+def cmd_ops(args) -> int:
+    """Print the op reference, made from the registry."""
+    from flows.opsdoc import ops_reference
+
+    print(ops_reference(markdown=args.markdown), end="")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    """Print a run's summary table and write its previews."""
+    from flows.inspection import InspectError, inspect_run
+
+    try:
+        table, written = inspect_run(args.output, plane=args.slice)
+    except InspectError as error:
+        return _bad_input(error)
+    print(table)
+    for path in written:
+        print(f"  wrote {path}")
+    return 0
 
 
 def cmd_serve(args) -> int:
@@ -128,53 +176,69 @@ def cmd_serve(args) -> int:
 
 
 def _run(spec, args) -> int:
+    from flows.console import tame_logs
+    from flows.progress import RunWatcher
     from flows.runner import ensure_api
 
+    console = _console(args)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     started = time.perf_counter()
-    with ensure_api(seed_database=True):
+    source = spec.input if isinstance(spec.input, str) else getattr(spec.input, "zarr", "a grid of tiles")
+    console.info(f"haloflow: {len(spec.steps)} steps on {source} into {Path(spec.output).expanduser().absolute()}")
+    # The flow runs here; its stage tasks on Dask workers. The watcher follows the run
+    # from its output folder (block markers, run.json) and draws progress and stage lines.
+    watcher = RunWatcher(spec, console.progress, console.stage)
+    with tame_logs(console) as logs, ensure_api(seed_database=True), _closing(console), watcher:
         from flows.pipeline import batch_flow, large_image_flow
         from flows.runner import make_task_runner
 
         flow = batch_flow if spec.flow == "batch" else large_image_flow
         runner = make_task_runner(cluster=args.cluster, n_workers=None if args.cluster else args.workers)
+        logs.attach()
         state = flow.with_options(task_runner=runner)(
-            input=spec.input, steps=spec.steps, output=spec.output, chunks=spec.chunks, return_state=True
+            input=spec.input, steps=spec.steps, output=spec.output, chunks=spec.chunks,
+            channel_axis=spec.channel_axis, time_axis=spec.time_axis, return_state=True,
         )
         result = state.result(raise_on_failure=False) if state.is_completed() or state.is_failed() else None
     seconds = time.perf_counter() - started
-    if isinstance(result, dict) and "stages" in result:
-        print_summary(result, seconds, final=state.is_completed())
     if not state.is_completed():
-        return report_failure(state, result)
+        return report_failure(state, result, console)
+    console.final(final_line(result, seconds))
     return 0
 
 
-def report_failure(state, result) -> int:
+@contextlib.contextmanager
+def _closing(console):
+    """Clear the progress line however the block ends (an error, Ctrl-C)."""
+    try:
+        yield console
+    finally:
+        console.close()
+
+
+def report_failure(state, result, console=None) -> int:
     """The run's last lines: what failed and why; exit code 1."""
+    error = console.error if console is not None else lambda text: print(text, file=sys.stderr)
     failures = result.get("failed", {}) if isinstance(result, dict) else {}
     if failures:
-        print(f"haloflow: {len(failures)} image(s) failed; the others are complete:", file=sys.stderr)
+        error(f"haloflow: {len(failures)} image(s) failed; the others are complete:")
         for image, failure in failures.items():
-            print(f"  {image}: {failure['step']}: {failure['error']}", file=sys.stderr)
+            error(f"  {image}: {failure['step']}: {failure['error']}")
     else:
         message = state.message or state.name
-        print(f"haloflow: the run failed: {message}", file=sys.stderr)
+        error(f"haloflow: the run failed: {message}")
     return 1
 
 
-def print_summary(result: dict, seconds: float, final: bool = True) -> None:
-    for stage in result["stages"]:
-        ref = stage.get("ref", {})
-        where = ref.get("store") or ref.get("path") or f"{len(stage.get('images', {}))} images"
-        found = stage.get("info") or {}
-        extra = ", ".join(f"{k} {v}" for k, v in found.items())
-        print(f"  {stage['name']:<20} {stage['status']:<9} {stage['seconds']:7.1f} s  {where}" + (f"  ({extra})" if extra else ""))
-    if not final:
-        return
+def final_line(result: dict, seconds: float) -> str:
+    """The last line of a run that completed: time, objects found, where the results are.
+
+    >>> final_line({"stages": [{"info": {"objects": 3}}], "output": "out", "run_json": "out/run.json"}, 2.5)
+    'haloflow: done in 2.5 s; found 3 objects; results in out (run record: out/run.json)'
+    """
     objects = [s["info"]["objects"] for s in result["stages"] if "objects" in (s.get("info") or {})]
     found = f"; found {objects[-1]} objects" if objects else ""
-    print(f"haloflow: done in {seconds:.1f} s{found}; results in {result['output']} (run record: {result['run_json']})")
+    return f"haloflow: done in {seconds:.1f} s{found}; results in {result['output']} (run record: {result['run_json']})"
 
 
 def _bad_input(error: Exception) -> int:

@@ -1,0 +1,153 @@
+"""What ``haloflow run`` prints: progress, a line per stage, the final line; ``--quiet`` and ``--verbose``."""
+
+from __future__ import annotations
+
+import io as _io
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import prefect.main  # noqa: F401  (Prefect sets up its console logging at import: now, not on a stream a test captures)
+import pytest
+import tifffile
+import yaml
+
+from flows import console as console_module
+from flows.cli import main as cli_main
+from flows.console import Console, tame_logs
+from flows.demo import demo_volume
+from flows.progress import Progress
+
+STEPS = [
+    {"op": "gaussian", "sigma": 1.0},
+    {"op": "threshold", "method": "otsu"},
+    {"op": "label"},
+    {"op": "measure", "properties": ["label", "area"], "intensity": None},
+]
+STAGES = ["01_gaussian", "02_threshold", "03_label", "04_measure"]
+
+
+@pytest.fixture(scope="module")
+def volume_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("volume") / "volume.tif"
+    tifffile.imwrite(path, demo_volume((16, 48, 40), n_objects=12, seed=3))
+    return path
+
+
+def write_spec(folder: Path, source: Path) -> Path:
+    spec = folder / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"input": str(source), "chunks": [8, 24, 20], "steps": STEPS, "output": str(folder / "out")}))
+    return spec
+
+
+def run_process(*args: str) -> subprocess.CompletedProcess:
+    """``haloflow`` in its own process, reporting to the session's Prefect server (PREFECT_API_URL is inherited)."""
+    env = {**os.environ, "COLUMNS": "120"}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+# --------------------------------------------------------------------------- the console alone
+
+
+def test_live_progress_is_one_updating_line_then_the_stage_line():
+    out = _io.StringIO()
+    console = Console("normal", out=out, live=True)
+    console.progress(Progress("01_gaussian", None, None, "blocks", "starting"))
+    console.progress(Progress("01_gaussian", 2, 8, "blocks"))
+    console.progress(Progress("01_gaussian", 8, 8, "blocks"))
+    console.stage({"name": "01_gaussian", "status": "computed", "seconds": 0.5, "info": {"blocks": {"total": 8, "written": 8, "reused": 0}}})
+    text = out.getvalue()
+    assert "\r  01_gaussian     [" in text and "8/8 blocks  100%" in text
+    assert text.count("\n") == 1  # the progress line is redrawn in place, the stage line ends it
+    assert text.rsplit("\r", 1)[-1].startswith("  01_gaussian     computed     0.5 s  8 blocks")
+
+
+def test_plain_progress_lines_when_not_a_terminal():
+    out = _io.StringIO()
+    console = Console("normal", out=out, live=False, every=0.0)
+    console.progress(Progress("02_threshold", 3, 8, "blocks"))
+    console.progress(Progress("02_threshold", 8, 8, "blocks"))
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert len(lines) == 2 and "3/8 blocks   38%" in lines[0] and "8/8 blocks  100%" in lines[1]
+
+
+def test_quiet_console_prints_errors_and_the_final_line_only():
+    out, err = _io.StringIO(), _io.StringIO()
+    console = Console("quiet", out=out, err=err)
+    console.info("haloflow: 4 steps on a.tif into out")
+    console.progress(Progress("01_gaussian", 2, 8, "blocks"))
+    console.stage({"name": "01_gaussian", "status": "computed", "seconds": 0.5, "info": {}})
+    console.error("haloflow: the run failed: boom")
+    console.final("haloflow: done")
+    assert out.getvalue() == "haloflow: done\n"
+    assert err.getvalue() == "haloflow: the run failed: boom\n"
+
+
+def test_tame_logs_raises_prefect_console_level_for_the_block_only():
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handler = PrefectConsoleHandler(stream=_io.StringIO())
+    handler.setLevel(logging.NOTSET)
+    logger = logging.getLogger("haloflow-test-tame")
+    logger.addHandler(handler)
+    try:
+        with tame_logs(Console("normal", out=_io.StringIO())):
+            assert handler.level == logging.WARNING
+            assert os.environ.get("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING") == "WARNING"
+        assert handler.level == logging.NOTSET
+    finally:
+        logger.removeHandler(handler)
+
+
+# --------------------------------------------------------------------------- whole runs
+
+
+def test_run_draws_progress_and_a_summary_line_per_stage(tmp_path, volume_path, capsys, monkeypatch, dask_cluster):
+    monkeypatch.setattr(console_module, "_is_terminal", lambda stream: True)
+    spec = write_spec(tmp_path, volume_path)
+    assert cli_main(["run", str(spec), "--cluster", dask_cluster]) == 0
+    out = capsys.readouterr().out
+    assert "\r" in out and "8/8 blocks  100%" in out  # the progress line, redrawn in place
+    lines = [line.rsplit("\r", 1)[-1].strip() for line in out.splitlines()]
+    summaries = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in STAGES}
+    assert list(summaries) == STAGES
+    assert all(line.split()[1] == "computed" for line in summaries.values())
+    assert "8 blocks" in summaries["01_gaussian"] and "threshold" in summaries["02_threshold"]
+    assert "objects" in summaries["03_label"] and "rows" in summaries["04_measure"]
+    assert lines[-1].startswith("haloflow: done in ") and "objects" in lines[-1]
+
+
+def test_normal_run_keeps_prefect_and_dask_logs_out(tmp_path, volume_path, dask_cluster):
+    done = run_process("run", str(write_spec(tmp_path, volume_path)), "--cluster", dask_cluster)
+    assert done.returncode == 0, done.stderr
+    stages = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert stages == STAGES, done.stdout
+    assert done.stdout.splitlines()[-1].startswith("haloflow: done in ")
+    for noise in ("INFO", "Beginning flow run", "dashboard", "Finished in state"):
+        assert noise not in done.stdout + done.stderr, done.stderr
+
+
+def test_quiet_run_prints_only_the_final_line(tmp_path, volume_path, dask_cluster):
+    done = run_process("run", str(write_spec(tmp_path, volume_path)), "--cluster", dask_cluster, "--quiet")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("haloflow: done in "), lines
+    assert (tmp_path / "out" / "03_label.ome.zarr").is_dir()
+
+
+def test_quiet_run_still_prints_errors(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"input": str(tmp_path / "missing.tif"), "steps": STEPS, "output": str(tmp_path / "out")}))
+    assert cli_main(["run", str(spec), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "missing.tif" in captured.err
+
+
+def test_verbose_run_shows_prefect_logs(tmp_path, volume_path, dask_cluster):
+    done = run_process("run", str(write_spec(tmp_path, volume_path)), "--cluster", dask_cluster, "--verbose")
+    assert done.returncode == 0, done.stderr
+    assert "Beginning flow run" in done.stderr and "Finished in state Completed" in done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")] == STAGES
