@@ -44,12 +44,20 @@ class Served:
         return wait_for(found, 90, f"deployment {flow}/{name}")
 
     def run(self, deployment: dict, parameters: dict) -> httpx.Response:
-        return httpx.post(f"{self.api}/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters})
+        """``POST .../create_flow_run`` as the UI's Run button does; a 5xx (SQLite busy on a loaded
+        machine, seen here once in a full run) is tried again, as a person would click again."""
+        url = f"{self.api}/deployments/{deployment['id']}/create_flow_run"
+        for _ in range(3):
+            response = httpx.post(url, json={"parameters": parameters}, timeout=30)
+            if response.status_code < 500:
+                return response
+            time.sleep(1)
+        return response
 
     def wait_final(self, flow_run_id: str, timeout: float = 180) -> dict:
         def final():
             self._check_alive()
-            run = httpx.get(f"{self.api}/flow_runs/{flow_run_id}").json()
+            run = httpx.get(f"{self.api}/flow_runs/{flow_run_id}", timeout=30).json()
             return run if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
         return wait_for(final, timeout, f"flow run {flow_run_id}")

@@ -53,6 +53,7 @@ def test_ui_run_button_on_served_deployment(serve, tmp_path, prefect_api_url):
     # A path outside --data-root is refused before any work, naming it.
     outside = tmp_path / "elsewhere"
     response = served.run(deployment, {"input": str(data / "volume.tif"), "steps": STEPS, "output": str(outside)})
+    assert response.status_code == 201, response.text
     run = served.wait_final(response.json()["id"])
     assert run["state"]["type"] == "FAILED"
     assert str(outside) in run["state"]["message"] and "outside the allowed data folders" in run["state"]["message"]
@@ -61,6 +62,7 @@ def test_ui_run_button_on_served_deployment(serve, tmp_path, prefect_api_url):
     (data / "link").symlink_to(tmp_path)
     for sneaky in (str(data / ".." / "escaped"), str(data / "link" / "escaped")):
         response = served.run(deployment, {"input": str(data / "volume.tif"), "steps": STEPS, "output": sneaky})
+        assert response.status_code == 201, response.text
         run = served.wait_final(response.json()["id"])
         assert run["state"]["type"] == "FAILED" and "outside the allowed data folders" in run["state"]["message"]
     assert not (tmp_path / "escaped").exists()

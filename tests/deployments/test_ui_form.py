@@ -2,70 +2,60 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import httpx
 import pytest
 import tifffile
 
 from flows.demo import demo_volume
+from tests.browser import SCREENSHOTS, chromium
 from tests.serving import wait_for
 
 pytestmark = pytest.mark.slow
-
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def test_fill_and_run_the_large_image_form(serve, prefect_server, prefect_api_url, tmp_path):
     if prefect_server is None:
         pytest.skip("the session uses an external Prefect API; its UI is not ours to drive")
-    playwright = pytest.importorskip("playwright.sync_api")
     tifffile.imwrite(tmp_path / "volume.tif", demo_volume((12, 48, 40), n_objects=12, seed=7))
     out = tmp_path / "from-the-ui"
     served = serve()
     deployment = served.deployment("large-image", "large-image")
-    SCREENSHOTS.mkdir(exist_ok=True)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.goto(f"{prefect_server.url}/v2/deployments/deployment/{deployment['id']}/run")
-            page.get_by_role("tab", name="path or glob").wait_for(timeout=60_000)
-            page.locator("textarea").first.fill(str(tmp_path / "volume.tif"))
-            add_step = page.get_by_role("button", name="Add item")
-            add_step.click()  # first step: the op tabs open on gaussian
-            page.get_by_label("Sigma").fill("1.5")
-            assert page.get_by_label("Truncate (Optional)").input_value() == "4"
-            add_step.click()
-            page.get_by_role("tab", name="threshold", exact=True).nth(1).click()
-            # The threshold step shows its own fields (the method, a dropdown), with their descriptions.
-            page.get_by_text("Method (Optional)", exact=True).wait_for(timeout=10_000)
-            page.get_by_text("How the threshold is chosen").wait_for(timeout=10_000)
-            assert page.get_by_label("Sigma").count() == 1  # only the gaussian step has a sigma
-            add_step.click()
-            page.get_by_role("tab", name="label", exact=True).nth(2).click()
-            page.get_by_label("output", exact=True).fill(str(out))
-            page.screenshot(path=str(SCREENSHOTS / "ui-form-filled.png"), full_page=True)
-            run_name = page.get_by_label("Run Name").input_value()
-            page.get_by_role("button", name="Submit").click()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(f"{prefect_server.url}/v2/deployments/deployment/{deployment['id']}/run")
+        page.get_by_role("tab", name="path or glob").wait_for(timeout=60_000)
+        page.locator("textarea").first.fill(str(tmp_path / "volume.tif"))
+        add_step = page.get_by_role("button", name="Add item")
+        add_step.click()  # first step: the op tabs open on gaussian
+        page.get_by_label("Sigma").fill("1.5")
+        assert page.get_by_label("Truncate (Optional)").input_value() == "4"
+        add_step.click()
+        page.get_by_role("tab", name="threshold", exact=True).nth(1).click()
+        # The threshold step shows its own fields (the method, a dropdown), with their descriptions.
+        page.get_by_text("Method (Optional)", exact=True).wait_for(timeout=10_000)
+        page.get_by_text("How the threshold is chosen").wait_for(timeout=10_000)
+        assert page.get_by_label("Sigma").count() == 1  # only the gaussian step has a sigma
+        add_step.click()
+        page.get_by_role("tab", name="label", exact=True).nth(2).click()
+        page.get_by_label("output", exact=True).fill(str(out))
+        page.screenshot(path=str(SCREENSHOTS / "ui-form-filled.png"), full_page=True)
+        run_name = page.get_by_label("Run Name").input_value()
+        page.get_by_role("button", name="Submit").click()
 
-            def finished_run():
-                runs = httpx.post(
-                    f"{prefect_api_url}/flow_runs/filter",
-                    json={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}, "name": {"any_": [run_name]}}},
-                ).json()
-                done = [r for r in runs if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")]
-                return done[0] if done else None
+        def finished_run():
+            runs = httpx.post(
+                f"{prefect_api_url}/flow_runs/filter",
+                json={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}, "name": {"any_": [run_name]}}},
+            ).json()
+            done = [r for r in runs if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")]
+            return done[0] if done else None
 
-            run = wait_for(finished_run, 180, "the run started from the form")
-            assert run["state"]["type"] == "COMPLETED", run["state"]
-            assert run["parameters"]["steps"][0]["sigma"] == 1.5
-            assert [s["op"] for s in run["parameters"]["steps"]] == ["gaussian", "threshold", "label"]
-            page.goto(f"{prefect_server.url}/v2/runs/flow-run/{run['id']}")
-            page.get_by_text("Completed").first.wait_for(timeout=60_000)
-            page.screenshot(path=str(SCREENSHOTS / "ui-run-completed.png"), full_page=True)
-        finally:
-            browser.close()
+        run = wait_for(finished_run, 180, "the run started from the form")
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+        assert run["parameters"]["steps"][0]["sigma"] == 1.5
+        assert [s["op"] for s in run["parameters"]["steps"]] == ["gaussian", "threshold", "label"]
+        page.goto(f"{prefect_server.url}/v2/runs/flow-run/{run['id']}")
+        page.get_by_text("Completed").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(SCREENSHOTS / "ui-run-completed.png"), full_page=True)
     assert (out / "03_label.ome.zarr").is_dir() and (out / "run.json").is_file()

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import httpx
 import pytest
 import tifffile
 
 from flows.demo import demo_volume
+from tests.browser import SCREENSHOTS, chromium
 
 pytestmark = pytest.mark.slow
 
 #: Screenshots kept as test artifacts (ignored by git).
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
 
 STEPS = [
     {"op": "gaussian", "sigma": 1.0},
@@ -76,23 +75,14 @@ def test_each_stage_has_its_table_picture_link_and_progress(finished_run, prefec
 def test_stage_picture_renders_in_the_prefect_ui(finished_run, prefect_api_url, prefect_server, tmp_path):
     if prefect_server is None:
         pytest.skip("the session uses an external Prefect API; its UI is not ours to drive")
-    playwright = pytest.importorskip("playwright.sync_api")
     artifact = latest_artifact(prefect_api_url, "large-image-03-label-picture")
     # The latest-artifact collection's own id is not the artifact's: the page wants ``latest_id``.
     page_url = f"{prefect_server.url}/artifacts/artifact/{artifact['latest_id']}"
-    SCREENSHOTS.mkdir(exist_ok=True)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(page_url)
-            image = page.locator("img[src^='data:image/png']").first
-            image.wait_for(state="visible", timeout=60_000)
-            width = image.evaluate("img => img.complete ? img.naturalWidth : 0")
-            page.screenshot(path=str(SCREENSHOTS / "artifact-label-picture.png"), full_page=True)
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(page_url)
+        image = page.locator("img[src^='data:image/png']").first
+        image.wait_for(state="visible", timeout=60_000)
+        width = image.evaluate("img => img.complete ? img.naturalWidth : 0")
+        page.screenshot(path=str(SCREENSHOTS / "artifact-label-picture.png"), full_page=True)
     assert width > 0, "the picture did not decode in the browser"
