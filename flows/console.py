@@ -62,7 +62,7 @@ class Console:
         self._lock = threading.RLock()
         self._shown = ""  # the progress line on screen (live mode)
         self._stages: dict[str, _Rate] = {}
-        self._plain_printed: dict[str, float] = {}  # per stage: when its last plain progress line was printed
+        self._plain_printed: dict[str, tuple[float, int | None]] = {}  # per stage: when the last plain line was printed, at what count
         self._last_live = 0.0
 
     # -- what the run reports --------------------------------------------------------
@@ -85,8 +85,9 @@ class Console:
                     self._show(text)
                     self._last_live = now
                 return
-            if now - self._plain_printed.get(progress.key, rate.started) >= self.every:
-                self._plain_printed[progress.key] = now
+            last_time, last_done = self._plain_printed.get(progress.key, (rate.started, None))
+            if now - last_time >= self.every and progress.done != last_done:
+                self._plain_printed[progress.key] = (now, progress.done)
                 self._line(text, self.out)
 
     def stage(self, entry: dict[str, Any]) -> None:

@@ -41,11 +41,30 @@ def demo_volume(shape=DEMO_SHAPE, *, n_objects: int | None = None, seed: int = 0
 
 
 def write_demo_tiff(path: str | Path, shape=DEMO_SHAPE, *, seed: int = 0) -> Path:
-    """Write the demo volume as a multi-page TIFF (one page per slice)."""
+    """Write the demo volume as a multi-page TIFF (one page per slice).
+
+    A file that already holds exactly this volume is left untouched, so that
+    running the demo again finds every stage cached (the input's fingerprint
+    includes its modification time).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, demo_volume(shape, seed=seed), photometric="minisblack")
+    volume = demo_volume(shape, seed=seed)
+    if not _holds(path, volume):
+        tifffile.imwrite(path, volume, photometric="minisblack")
     return path
+
+
+def _holds(path: Path, volume: np.ndarray) -> bool:
+    """Whether the TIFF at `path` exists and holds exactly `volume`."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            if tuple(series.shape) != volume.shape or series.dtype != volume.dtype:
+                return False
+            return bool(np.array_equal(series.asarray(), volume))
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError):
+        return False
 
 
 def demo_spec(input_path: str, output: str) -> dict:
