@@ -8,7 +8,9 @@ halo reaching across channels, would fail these tests.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import dask
 import dask.array as da
@@ -17,11 +19,34 @@ import pytest
 import tifffile
 import zarr
 from scipy import ndimage as ndi
-from skimage import exposure, filters, measure, morphology as skmorph
+from skimage import exposure, filters, measure, morphology as skmorph, segmentation
 
+from imageops import threshold as threshold_ops
 from imageops.catalog import GaussianParams, LabelParams, MedianParams, ThresholdParams
-from imageops.catalog_filters import RescaleIntensityParams, SobelParams
-from imageops.catalog_masks import FillHolesParams, RemoveSmallObjectsParams
+from imageops.catalog_filters import (
+    ClipParams,
+    DifferenceOfGaussiansParams,
+    GaussianLaplaceParams,
+    LaplaceParams,
+    MaximumParams,
+    MinimumParams,
+    RescaleIntensityParams,
+    SobelParams,
+    ThresholdLocalParams,
+    UniformParams,
+    WhiteTophatParams,
+)
+from imageops.catalog_masks import (
+    BinaryClosingParams,
+    BinaryDilationParams,
+    BinaryErosionParams,
+    BinaryOpeningParams,
+    ExpandLabelsParams,
+    FillHolesParams,
+    RemoveSmallHolesParams,
+    RemoveSmallObjectsParams,
+)
+from imageops.registry import OPS, OpParams
 from tasks import io, lift, steps
 from tasks.axes import ImageAxes, map_pieces, piece_index, resolve_axes
 from tests.helpers import blobs, same_up_to_permutation, uneven_chunks
@@ -72,13 +97,13 @@ def _nested(values, counts):
     return [_nested(values[i * step:(i + 1) * step], counts[1:]) for i in range(counts[0])]
 
 
-def _lifted(array, params, axes, seed=0):
-    image = da.from_array(array, chunks=uneven_chunks(array.shape, seed=seed))
-    result, found = lift.lift(image, params, dask.compute, axes=axes)
+def _lifted(array, params, axes, seed=0, chunks=None, scheduler=None):
+    image = da.from_array(array, chunks=uneven_chunks(array.shape, seed=seed) if chunks is None else chunks)
+    result, found = lift.lift(image, params, partial(dask.compute, scheduler=scheduler), axes=axes)
     assert isinstance(result, da.Array) and result.shape == array.shape
     for axis in axes.split:
         assert set(result.chunks[axis]) == {1}, "channel and time axes are chunked by 1"
-    return result.compute(), found
+    return result.compute(scheduler=scheduler), found
 
 
 def _counts(shape, axes):
@@ -192,6 +217,173 @@ def test_remove_small_objects_per_piece(layout, max_size):
     removed = [int(measure.label(p, connectivity=1).max() - measure.label(r, connectivity=1).max())
                for (_, p), (_, r) in zip(_pieces(mask, axes), _pieces(reference, axes))]
     assert found == {"objects_removed": _nested(removed, _counts(shape, axes))}
+
+
+# --- every op of the registry, with a channel axis first and last ----------------------------------------------
+
+#: Small images for the registry-wide test: 2D and 3D, 3 channels, the channel axis first and last.
+SMALL_LAYOUTS = {
+    "2D+channel first": ((3, 24, 30), ImageAxes(3, channel=0)),
+    "2D+channel last": ((24, 30, 3), ImageAxes(3, channel=2)),
+    "3D+channel first": ((3, 10, 16, 18), ImageAxes(4, channel=0)),
+    "3D+channel last": ((10, 16, 18, 3), ImageAxes(4, channel=3)),
+}
+
+
+def _three_uneven_chunks(shape, axes):
+    """Three chunks of different sizes on every spatial axis, one of them 1 voxel wide: ``(1, n // 3, rest)``.
+
+    Fewer blocks than :func:`tests.helpers.uneven_chunks` (whose graphs are 3-6 times slower for 3D pieces),
+    enough for every halo to cross a chunk border and a 1-voxel chunk. The channel axis is cut into (1, 2).
+    """
+    return tuple((1, n - 1) if axis in axes.split else (1, n // 3, n - 1 - n // 3) for axis, n in enumerate(shape))
+
+
+def _image_of(dtype):
+    """An input maker: :func:`_image` in ``dtype``."""
+    return lambda shape, axes: _image(shape, axes, dtype=dtype)
+
+
+def _many_blobs(shape, axes):
+    """The brightest quarter of each piece: 10 to 30 blobs per piece, large and small, inside and at the border."""
+    return _per_piece(lambda p: p > np.quantile(p, 0.75), _image(shape, axes, dtype=np.float64, sigma=1.0), axes)
+
+
+def _background(shape, axes):
+    """The background of :func:`_many_blobs`: every blob a hole or a background region to fill."""
+    return ~_many_blobs(shape, axes)
+
+
+def _labels(shape, axes):
+    """The blobs of :func:`_many_blobs` labelled in each piece (uint32)."""
+    return _per_piece(lambda p: measure.label(p).astype(np.uint32), _many_blobs(shape, axes), axes)
+
+
+def _bimodal(shape, axes):
+    """uint8 blobs on a background, two clear levels plus noise ('minimum' needs two peaks), piece k 40 k brighter."""
+    objects = _many_blobs(shape, axes)
+    offset = np.zeros(shape)
+    for number, (position, _) in enumerate(_pieces(objects, axes)):
+        offset[piece_index(axes, position)] = 40 * number
+    noise = np.random.default_rng(0).normal(0, 8, shape)
+    return np.clip(np.where(objects, 120, 40) + offset + noise, 0, 255).astype(np.uint8)
+
+
+#: The input an op gets unless its case says otherwise, by the kind it takes.
+INPUTS = {"image": _image_of(np.uint16), "mask": _many_blobs, "labels": _labels}
+
+
+def _float(piece):
+    """SciPy's working float, as the smoothing ops compute: float64 stays, everything else float32."""
+    return piece.astype(np.float64 if piece.dtype == np.float64 else np.float32)
+
+
+def _footprint(radius, ndim):
+    return skmorph.disk(radius) if ndim == 2 else skmorph.ball(radius)
+
+
+def _threshold(method):
+    return lambda p: p > getattr(filters, f"threshold_{method}")(p)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One run of an op: its parameters, the whole-image reference on one piece, and (if not the default) its input."""
+
+    params: OpParams
+    reference: Callable[[np.ndarray], np.ndarray]
+    make_input: Callable[..., np.ndarray] | None = field(default=None, kw_only=True)
+    note: str = field(default="", kw_only=True)
+
+    @property
+    def id(self) -> str:
+        fields = self.params.model_dump(exclude_defaults=True, exclude={"op"})
+        return "-".join([self.params.op, *(str(v) for v in fields.values()), *([self.note] if self.note else [])])
+
+
+#: Every image-producing op of the registry -> its cases; the references are SciPy / scikit-image on one piece.
+PER_PIECE: dict[str, list[Case]] = {
+    "gaussian": [Case(GaussianParams(sigma=1.5), lambda p: ndi.gaussian_filter(_float(p), 1.5, mode="nearest"))],
+    "median": [Case(MedianParams(size=3), lambda p: ndi.median_filter(p, size=3, mode="nearest"))],
+    "threshold": [
+        *(Case(ThresholdParams(method=m), _threshold(m)) for m in ("otsu", "yen", "isodata", "triangle", "mean", "li")),
+        *(Case(ThresholdParams(method=m), _threshold(m), make_input=_image_of(np.float32), note="float32")
+          for m in ("mean", "li")),  # by passes over a float image (otsu's float bins: test_otsu_threshold_per_piece)
+        Case(ThresholdParams(method="minimum"), _threshold("minimum"), make_input=_bimodal),
+        Case(ThresholdParams(method="manual", value=15000), lambda p: p > 15000),
+    ],
+    "label": [Case(LabelParams(), measure.label)],
+    "uniform": [Case(UniformParams(size=4), lambda p: ndi.uniform_filter(_float(p), 4, mode="nearest"))],
+    "minimum": [Case(MinimumParams(size=3), lambda p: ndi.minimum_filter(p, 3, mode="nearest"))],
+    "maximum": [Case(MaximumParams(size=4, mode="mirror"), lambda p: ndi.maximum_filter(p, 4, mode="mirror"))],
+    "sobel": [Case(SobelParams(), filters.sobel)],
+    "laplace": [Case(LaplaceParams(), lambda p: ndi.laplace(_float(p)))],
+    "gaussian_laplace": [Case(GaussianLaplaceParams(sigma=1.5), lambda p: ndi.gaussian_laplace(_float(p), 1.5))],
+    "difference_of_gaussians": [
+        Case(DifferenceOfGaussiansParams(low_sigma=1.0), lambda p: filters.difference_of_gaussians(p, 1.0)),
+    ],
+    "white_tophat": [Case(WhiteTophatParams(radius=2), lambda p: skmorph.white_tophat(p, _footprint(2, p.ndim)))],
+    "clip": [Case(ClipParams(low=10000, high=30000), lambda p: np.clip(p, np.uint16(10000), np.uint16(30000)))],
+    "rescale_intensity": [
+        Case(RescaleIntensityParams(low_percentile=2, high_percentile=98),
+             lambda p: exposure.rescale_intensity(p, in_range=tuple(np.percentile(p, [2, 98])), out_range=(0.0, 1.0))),
+    ],
+    "threshold_local": [
+        Case(ThresholdLocalParams(block_size=7), lambda p: p > filters.threshold_local(p, 7)),
+        Case(ThresholdLocalParams(block_size=5, method="median", offset=-100),
+             lambda p: p > filters.threshold_local(p, 5, method="median", offset=-100)),
+    ],
+    "binary_erosion": [Case(BinaryErosionParams(radius=1), lambda p: skmorph.erosion(p, _footprint(1, p.ndim)))],
+    "binary_dilation": [Case(BinaryDilationParams(radius=2), lambda p: skmorph.dilation(p, _footprint(2, p.ndim)))],
+    "binary_opening": [Case(BinaryOpeningParams(radius=1), lambda p: skmorph.opening(p, _footprint(1, p.ndim)))],
+    "binary_closing": [Case(BinaryClosingParams(radius=2), lambda p: skmorph.closing(p, _footprint(2, p.ndim)))],
+    "fill_holes": [
+        Case(FillHolesParams(), lambda p: ndi.binary_fill_holes(p, ndi.generate_binary_structure(p.ndim, 1)),
+             make_input=_background),
+    ],
+    "remove_small_objects": [
+        Case(RemoveSmallObjectsParams(max_size=10), lambda p: skmorph.remove_small_objects(p, max_size=10)),
+    ],
+    "remove_small_holes": [
+        Case(RemoveSmallHolesParams(max_size=10), lambda p: skmorph.remove_small_holes(p, max_size=10),
+             make_input=_background),
+    ],
+    "expand_labels": [Case(ExpandLabelsParams(distance=2), lambda p: segmentation.expand_labels(p, 2))],
+}
+ALL_CASES = [case for cases in PER_PIECE.values() for case in cases]
+
+
+def test_every_image_producing_op_of_the_registry_has_a_per_channel_case():
+    """A new op cannot be missed: the cases name every op but ``measure`` (a table), and every threshold method."""
+    assert set(PER_PIECE) == {name for name, info in OPS.items() if info.gives != "table"}
+    assert all(case.params.op == op for op, cases in PER_PIECE.items() for case in cases)
+    assert {case.params.method for case in PER_PIECE["threshold"]} == set(threshold_ops.METHODS)
+    assert {case.params.method for case in PER_PIECE["threshold_local"]} == set(threshold_ops.LOCAL_METHODS)
+    assert len({case.id for case in ALL_CASES}) == len(ALL_CASES)
+
+
+@pytest.mark.parametrize("layout", SMALL_LAYOUTS)
+@pytest.mark.parametrize("case", ALL_CASES, ids=lambda case: case.id)
+def test_every_op_per_channel_on_uneven_chunks_equals_its_reference_on_each_channel(case, layout):
+    shape, axes = SMALL_LAYOUTS[layout]
+    info = OPS[case.params.op]
+    image = (case.make_input or INPUTS[info.takes[0]])(shape, axes)
+    result, found = _lifted(image, case.params, axes, chunks=_three_uneven_chunks(shape, axes), scheduler="synchronous")
+    reference = _per_piece(case.reference, image, axes)
+    assert result.dtype == info.out_dtype(case.params, image.dtype)
+    assert all(isinstance(v, list) and len(v) == shape[axes.channel] for v in found.values()), found
+    for position, piece in _pieces(result, axes):
+        expected = reference[piece_index(axes, position)]
+        assert not np.array_equal(expected, image[piece_index(axes, position)]), f"{position}: the op changes nothing"
+        if info.family == "label":  # numbered 1..N in each piece, in another order than scikit-image's
+            assert sorted(np.unique(piece).tolist()) == list(range(expected.max() + 1)), position
+            assert same_up_to_permutation(piece, expected), position
+            continue
+        assert piece.dtype == expected.dtype
+        if np.issubdtype(expected.dtype, np.floating):
+            np.testing.assert_allclose(piece, expected, rtol=0, atol=1e-5 * np.ptp(expected), err_msg=str(position))
+        else:
+            np.testing.assert_array_equal(piece, expected, err_msg=str(position))
 
 
 def test_a_channel_of_one_voxel_chunks_and_a_global_op_on_a_single_channel():

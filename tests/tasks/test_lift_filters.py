@@ -208,6 +208,19 @@ def test_thresholds_on_uneven_chunks_equal_skimage(method, dtype, ndim):
     np.testing.assert_array_equal(mask.compute(), image > reference)
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_manual_threshold_on_uneven_chunks_is_the_image_above_the_value(dtype, ndim):
+    image = bimodal(SHAPES[ndim], dtype, seed=ndim)
+    value = float(np.median(image)) + 0.5  # half-way between two values of an integer image
+    chunks = uneven_chunks(image.shape, seed=ndim + 9)
+    mask, found = lift.lift(da.from_array(image, chunks=chunks), ThresholdParams(method="manual", value=value))
+    assert found == {"threshold": value}
+    reference = image > value
+    assert 0 < reference.mean() < 1
+    np.testing.assert_array_equal(mask.compute(), reference)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
 @pytest.mark.parametrize("method", ["otsu", "yen", "isodata", "triangle", "mean", "li"])
 def test_thresholds_of_smooth_blobs_equal_skimage(method, dtype):
