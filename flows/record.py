@@ -82,7 +82,8 @@ class RunRecord:
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def start(cls, spec: PipelineSpec, out: Path, images: list[str] | None = None) -> "RunRecord":
+    def start(cls, spec: PipelineSpec, out: Path, images: list[str] | None = None, source=None) -> "RunRecord":
+        """A new record; ``source``: the resolved input (an InputSpec), recorded as ``source`` (see :func:`source_entry`)."""
         data = {
             "spec": spec.model_dump(mode="json", exclude_none=True),
             "versions": package_versions(),
@@ -92,6 +93,8 @@ class RunRecord:
         }
         if images is not None:
             data["images"] = images
+        if source is not None:
+            data["source"] = source_entry(source)
         record = cls(out / "run.json", data)
         record.save()
         return record
@@ -131,6 +134,21 @@ class RunRecord:
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.data, indent=2, default=str))
         os.replace(tmp, self.path)
+
+
+def source_entry(source) -> dict[str, Any]:
+    """What run.json records of the resolved input: shape, dtype, axes, and each axis' physical pixel size and unit.
+
+    ``physical_sizes`` are 1 and ``units`` null where the input's metadata gives none.
+    """
+    calibration = source.calibration
+    return {
+        "shape": list(source.shape),
+        "dtype": source.dtype,
+        "axes": "".join(source.axes.names),
+        "physical_sizes": list(calibration.scale),
+        "units": list(calibration.units),
+    }
 
 
 def _status(result) -> str:

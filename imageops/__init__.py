@@ -4,6 +4,7 @@ Importing the package registers every op family (``catalog*`` modules).
 """
 
 from . import catalog, catalog_filters, catalog_masks  # noqa: F401  (register the op families)
+from .channels import select_channel
 from .filters import gaussian, median
 from .halo import gaussian_halo, no_halo, size_halo
 from .label import face_pairs, label_block, merge_equivalences, structure
@@ -15,5 +16,5 @@ __all__ = [
     "OPS", "OpInfo", "OpParams", "all_params", "apply_threshold", "bin_centers", "block_histogram",
     "block_partials", "face_pairs", "gaussian", "gaussian_halo", "get_op", "label_block",
     "median", "merge_equivalences", "merge_partials", "no_halo", "regionprops_columns",
-    "register", "size_halo", "structure", "threshold_from_histogram",
+    "register", "select_channel", "size_halo", "structure", "threshold_from_histogram",
 ]

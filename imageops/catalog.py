@@ -1,4 +1,4 @@
-"""The core ops: smoothing, median, global threshold, labels and measurements."""
+"""The core ops: smoothing, median, global threshold, labels, measurements and channel selection."""
 
 from __future__ import annotations
 
@@ -100,6 +100,15 @@ class MeasureParams(OpParams):
         return [("intensity", self.intensity)] if self.intensity else []
 
 
+class ChannelParams(OpParams):
+    """One channel of a multichannel image, the channel axis dropped (segment it, then measure every channel)."""
+
+    op: Literal["channel"] = "channel"
+    index: int = Field(
+        ge=0, title="Channel", description="The channel kept, from 0 along the input's channel axis.",
+    )
+
+
 def _gaussian_dtype(params, dtype) -> np.dtype:
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
@@ -137,6 +146,13 @@ for _info in (
         halo=lambda p, ndim: halo.no_halo(ndim),
         out_dtype=lambda p, dtype: np.dtype(np.float64),
         summary="Per-object table as regionprops_table, merged across chunks.",
+    ),
+    # Changes the shape (the channel axis goes): lifted on the whole array (tasks.lift.select_channel), not per block.
+    OpInfo(
+        "channel", "1", ChannelParams, "pointwise", ("image",), "image",
+        halo=lambda p, ndim: halo.no_halo(ndim),
+        out_dtype=lambda p, dtype: np.dtype(dtype),
+        summary="One channel of the image; the channel axis is dropped, the dtype kept.",
     ),
 ):
     register(_info)

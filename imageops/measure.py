@@ -190,6 +190,45 @@ def bbox_volume(bbox_min, bbox_max) -> np.ndarray:
     return np.prod(extent.astype(np.float64), axis=-1)
 
 
+def physical_columns(columns, spacing, unit: str) -> dict[str, np.ndarray]:
+    """``area`` and ``centroid`` columns (in voxels) in physical units, named after the unit.
+
+    ``area_<unit>^<ndim>`` is ``area`` times the voxel's size (the product of
+    ``spacing``), ``centroid_<unit>-<axis>`` is ``centroid-<axis>`` times that
+    axis' spacing (the voxel's centre at its index times its size, as the
+    OME-Zarr ``scale`` transformation places it). Only the columns present get
+    a physical twin; the others are left to the caller.
+
+    Parameters
+    ----------
+    columns : mapping of str to ndarray
+        Columns as :func:`regionprops_columns` names them.
+    spacing : sequence of float
+        Size of a voxel along each axis, in `unit`.
+    unit : str
+        The unit's name, e.g. ``"micrometer"``.
+
+    Examples
+    --------
+    >>> cols = physical_columns({"area": np.array([4.0]), "centroid-0": np.array([1.5]),
+    ...                          "centroid-1": np.array([2.0])}, (2.0, 0.5), "micrometer")
+    >>> {k: v.tolist() for k, v in cols.items()}
+    {'area_micrometer^2': [4.0], 'centroid_micrometer-0': [3.0], 'centroid_micrometer-1': [1.0]}
+    """
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if spacing.ndim != 1 or not spacing.size or not np.all(np.isfinite(spacing) & (spacing > 0)):
+        raise ValueError(f"spacing must be positive finite sizes, one per axis, got {spacing.tolist()}")
+    if not isinstance(unit, str) or not unit:
+        raise TypeError(f"unit must be a non-empty str, got {unit!r}")
+    physical: dict[str, np.ndarray] = {}
+    if "area" in columns:
+        physical[f"area_{unit}^{spacing.size}"] = np.asarray(columns["area"], dtype=np.float64) * float(np.prod(spacing))
+    for axis, size in enumerate(spacing):
+        if f"centroid-{axis}" in columns:
+            physical[f"centroid_{unit}-{axis}"] = np.asarray(columns[f"centroid-{axis}"], dtype=np.float64) * size
+    return physical
+
+
 def _intensity_values(intensity, shape: tuple[int, ...]) -> np.ndarray:
     """The intensity block's values per voxel as float64: (voxels,), or (voxels, channels)."""
     intensity = check_array(intensity, "intensity")

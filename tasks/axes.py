@@ -80,6 +80,19 @@ class ImageAxes:
                 found[kind] = position
         return cls(len(types), **found)
 
+    def without_channel(self) -> "ImageAxes":
+        """The axes left once one channel is selected: the channel axis gone, the axes after it one place down.
+
+        >>> ImageAxes(4, channel=1, time=0).without_channel()
+        ImageAxes(ndim=3, channel=None, time=0)
+        >>> ImageAxes(4, channel=0, time=3).without_channel().names
+        ('y', 'x', 't')
+        """
+        if self.channel is None:
+            raise ValueError(f"the image has no channel axis (axes {''.join(self.names)})")
+        time = None if self.time is None else self.time - (self.time > self.channel)
+        return ImageAxes(self.ndim - 1, time=time)
+
     @property
     def split(self) -> tuple[int, ...]:
         """The non-spatial axes (channel, time), in increasing order: the image is split along them."""

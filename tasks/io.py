@@ -7,8 +7,11 @@ by path and reads (or writes) only the region it covers, so graphs run unchanged
 worker processes.
 
 Stage results are OME-Zarr (NGFF 0.5, zarr format 3) stores made by
-:func:`create_store`, filled by :func:`write_blocks` and sealed by
-:func:`mark_complete`; :func:`is_complete` tells whether a store can be reused.
+:func:`create_store` (with the input's physical pixel sizes, read from its
+metadata by :func:`resolve_input`), filled by :func:`write_blocks`, given
+lower-resolution levels by :func:`write_pyramid` (and label colours by
+:func:`set_image_label`), and sealed by :func:`mark_complete`;
+:func:`is_complete` tells whether a store can be reused.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import tifffile
@@ -32,7 +36,9 @@ import zarr
 from dask.base import tokenize
 from zarr.codecs import ZstdCodec
 
+from tasks import ome
 from tasks.axes import ImageAxes
+from tasks.ome import Calibration
 from tasks.reference import ArrayRef, fingerprint as _digest
 
 __all__ = [
@@ -51,7 +57,10 @@ __all__ = [
     "read_ref",
     "read_table",
     "resolve_input",
+    "set_image_label",
     "store_axes",
+    "store_calibration",
+    "write_pyramid",
     "write_blocks",
     "write_table",
 ]
@@ -123,6 +132,15 @@ class InputSpec:
         The image's channel and time axes, from its metadata (OME-TIFF or
         ImageJ axes ``C`` and ``T``, OME-Zarr axis types ``channel`` and
         ``time``), or as a pipeline spec set them; every other axis is spatial.
+    physical_sizes : tuple of float
+        The physical size of one pixel along each axis, from the input's
+        metadata: OME-TIFF ``PhysicalSizeX/Y/Z`` (and ``TimeIncrement``),
+        ImageJ ``spacing`` and X/Y resolution, OME-Zarr ``scale``
+        transformations. Empty when the metadata gives none (scale 1).
+    units : tuple of str or None
+        The unit of each axis' size, as an OME-NGFF unit name
+        (``"micrometer"``, ``"second"``...), ``None`` where unknown; empty with
+        `physical_sizes`.
     """
 
     kind: str
@@ -135,6 +153,8 @@ class InputSpec:
     native_chunks: tuple[int, ...] = ()
     channel_axis: int | None = None
     time_axis: int | None = None
+    physical_sizes: tuple[float, ...] = ()
+    units: tuple[str | None, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in INPUT_KINDS:
@@ -150,6 +170,20 @@ class InputSpec:
             axes = self.axes  # checks them against the shape
             object.__setattr__(self, "channel_axis", axes.channel)
             object.__setattr__(self, "time_axis", axes.time)
+        if self.physical_sizes or self.units:
+            if len(self.physical_sizes) != self.ndim:
+                raise ValueError(
+                    f"InputSpec.physical_sizes must have one entry per axis ({self.ndim}), got {list(self.physical_sizes)}"
+                )
+            units = self.units or (None,) * self.ndim
+            calibration = Calibration(tuple(self.physical_sizes), tuple(units))  # checks sizes and unit names
+            if not calibration.known:
+                calibration = Calibration((), ())
+            object.__setattr__(self, "physical_sizes", calibration.scale)
+            object.__setattr__(self, "units", calibration.units)
+        else:
+            object.__setattr__(self, "physical_sizes", ())
+            object.__setattr__(self, "units", ())
 
     @property
     def ndim(self) -> int:
@@ -161,19 +195,29 @@ class InputSpec:
         """Which axes hold channels and time points (the others are spatial)."""
         return ImageAxes(self.ndim, self.channel_axis, self.time_axis)
 
+    @property
+    def calibration(self) -> Calibration:
+        """Physical pixel sizes and units per axis (scale 1 and no unit where the metadata gives none)."""
+        if not self.physical_sizes:
+            return Calibration.none(self.ndim)
+        return Calibration(self.physical_sizes, self.units)
+
     def fingerprint(self) -> str:
         """Content fingerprint from the inputs' paths, sizes and modification times.
 
         Cheap: files are stat-ed, never read. For a zarr store the metadata
         files are stat-ed and the array directory's files counted and summed.
-        A channel or time axis is part of it (the results differ).
+        A channel or time axis, and physical pixel sizes, are part of it (the
+        results differ: their stores' metadata, the measurements in physical units).
         """
         if self.kind == "zarr":
             parts: Any = _zarr_stat(self.paths[0], self.component or "")
         else:
             parts = [_file_stat(p) for p in self.paths]
         axes = {"channel": self.channel_axis, "time": self.time_axis}
-        extra = [axes] if any(v is not None for v in axes.values()) else []
+        extra: list[Any] = [axes] if any(v is not None for v in axes.values()) else []
+        if self.physical_sizes:
+            extra.append(self.calibration.to_dict())
         return _digest("input", self.kind, self.grid, self.component, parts, *extra)
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +233,8 @@ class InputSpec:
             "native_chunks": list(self.native_chunks),
             "channel_axis": self.channel_axis,
             "time_axis": self.time_axis,
+            "physical_sizes": list(self.physical_sizes),
+            "units": list(self.units),
         }
 
     @classmethod
@@ -400,6 +446,7 @@ def create_store(
     fingerprint: str,
     name: str,
     axes: Sequence[str] | None = None,
+    calibration: Calibration | None = None,
 ) -> ArrayRef:
     """Create an empty OME-Zarr (NGFF 0.5, zarr v3) image store, replacing any old one.
 
@@ -427,6 +474,10 @@ def create_store(
     axes : sequence of str, optional
         Axis names from ``t, c, z, y, x``. Default: ``y x``, ``z y x``,
         ``t z y x``, ``t c z y x`` by number of axes.
+    calibration : Calibration, optional
+        Physical pixel size and unit of each axis: the ``scale``
+        transformation of level 0 and the axes' ``unit``. Default: scale 1,
+        no units.
 
     Returns
     -------
@@ -447,12 +498,15 @@ def create_store(
     axis_names = _check_axes(axes, len(shape))
     if kind not in STORE_KINDS:
         raise ValueError(f"kind must be one of {STORE_KINDS}, got {kind!r}")
+    calibration = Calibration.none(len(shape)) if calibration is None else calibration
+    if not isinstance(calibration, Calibration) or calibration.ndim != len(shape):
+        raise ValueError(f"calibration must be a Calibration of {len(shape)} axes, got {calibration!r}")
     for label, value in (("fingerprint", fingerprint), ("name", name)):
         if not isinstance(value, str):
             raise TypeError(f"{label} must be a str, got {type(value).__name__}")
     _remove_old_store(store)
     attributes = {
-        "ome": _ome_attributes(name, axis_names, kind),
+        "ome": _ome_attributes(name, axis_names, kind, calibration),
         "haloflow": {"fingerprint": fingerprint, "kind": kind, "complete": False},
     }
     group = zarr.open_group(store, mode="w", zarr_format=3, attributes=attributes)
@@ -581,6 +635,108 @@ def store_axes(path: str | os.PathLike) -> ImageAxes:
         raise ValueError(f"store {store}: {exc}") from exc
 
 
+def store_calibration(path: str | os.PathLike) -> Calibration:
+    """The physical pixel sizes and units of an OME-Zarr store's full-resolution image.
+
+    Scale 1 and no unit where its metadata gives none.
+
+    Raises
+    ------
+    FileNotFoundError
+        `path` does not exist.
+    ValueError
+        `path` is not an OME-Zarr image.
+    """
+    store = os.fspath(path)
+    if "://" not in store and not os.path.exists(store):
+        raise FileNotFoundError(f"store {store} does not exist")
+    attrs = zarr.open_group(store, mode="r").attrs.asdict()
+    component = _ome_component(attrs, store)
+    ndim = zarr.open_array(store, path=component, mode="r").ndim
+    return ome.from_ngff(attrs, component, ndim)
+
+
+def write_pyramid(ref: ArrayRef, compute: Any = None, *, min_size: int = ome.PYRAMID_MIN_SIZE) -> list[tuple[int, ...]]:
+    """Add lower-resolution levels ``"1"``, ``"2"``, ... to a store whose level 0 is written, and register them.
+
+    Each level halves the spatial axes that keep at least `min_size` pixels
+    (:func:`tasks.ome.pyramid_factors`); a small image gets no level. Images
+    are averaged over whole windows (floats in their own dtype, integers in
+    float64 and rounded back; the level's pixel sits at its window's centre), masks and labels
+    take the first pixel of each window (no value is invented). All levels are
+    computed lazily from one read of level 0 and written chunk by chunk with
+    level 0's chunk shape; then the store's ``multiscales`` lists them with
+    their ``scale`` (and for images ``translation``) transformations.
+
+    Call it before :func:`mark_complete`: an interrupted call leaves the store
+    incomplete, and calling it again rewrites every level.
+
+    Parameters
+    ----------
+    ref : ArrayRef
+        The store, as returned by :func:`create_store`, level 0 written.
+    compute : callable, optional
+        ``dask.compute``'s signature (default: ``dask.compute``).
+    min_size : int
+        Smallest size a halved axis may get.
+
+    Returns
+    -------
+    list of tuple of int
+        The shapes of the levels added (empty: none).
+    """
+    _check_ref(ref)
+    _check_stored_array(ref)
+    group = _open_group(ref.store)
+    attrs = group.attrs.asdict()
+    axes = store_axes(ref.store)
+    factors = ome.pyramid_factors(ref.shape, axes.spatial, min_size)
+    if not factors:
+        return []
+    levels, previous, targets = [], None, []
+    dtype = np.dtype(ref.dtype)
+    centred = ref.kind == "image"
+    base = read_ref(ref)
+    current = base.astype(np.float64) if centred and dtype.kind != "f" else base
+    names = tuple(a["name"] for a in attrs["ome"]["multiscales"][0]["axes"])
+    for number, level_factors in enumerate(factors, start=1):
+        shape = ome.level_shape(ref.shape, level_factors)
+        if centred:
+            step = {axis: f // p for axis, (f, p) in enumerate(zip(level_factors, previous or (1,) * ref.ndim)) if f != p}
+            current = da.coarsen(np.mean, current, step, trim_excess=True)
+            level = _cast_mean(current, dtype)
+        else:
+            level = base[tuple(slice(0, n * f, f) for n, f in zip(shape, level_factors))]
+        chunks = tuple(max(1, min(c, n)) for c, n in zip(ref.chunks, shape))
+        group.create_array(
+            str(number), shape=shape, dtype=dtype, chunks=chunks, compressors=_STORE_CODEC,
+            dimension_names=names, overwrite=True,
+        )
+        levels.append(level.rechunk(chunks))
+        targets.append(_ZarrTarget(ref.store, str(number)))
+        previous = level_factors
+    (compute or dask.compute)(da.store(levels, targets, lock=False, compute=False))
+    multiscale = attrs["ome"]["multiscales"][0]
+    calibration = ome.from_ngff(attrs, ref.component, ref.ndim)
+    entry = ome.multiscale(multiscale.get("name", ""), names, _AXIS_TYPES, calibration, factors, centred=centred)
+    group.attrs["ome"] = {**attrs["ome"], "multiscales": [{**multiscale, "datasets": entry["datasets"]}]}
+    return [ome.level_shape(ref.shape, f) for f in factors]
+
+
+def set_image_label(ref: ArrayRef, max_label: int | None, source: str | None = None) -> None:
+    """Write a label store's ``image-label`` metadata: a colour per label value up to `max_label`, and its source.
+
+    `source` is the image the labels were made from, as a path relative to
+    the label store (e.g. ``"../02_threshold.ome.zarr"``).
+    """
+    _check_ref(ref)
+    if ref.kind != "labels":
+        raise ValueError(f"store {ref.store} holds {ref.kind}, not labels: no image-label metadata")
+    group = _open_group(ref.store)
+    attrs = group.attrs.asdict()
+    group.attrs["ome"] = {**attrs["ome"], "image-label": ome.image_label(max_label, source)}
+
+
 def resumable(path: str | os.PathLike, fingerprint: str) -> ArrayRef | None:
     """The store at `path` if it was created for `fingerprint` and is not complete yet."""
     try:
@@ -639,16 +795,20 @@ def is_complete(path: str | os.PathLike, fingerprint: str | None = None) -> bool
     """Whether `path` is a finished store made by :func:`create_store`.
 
     True only if the store exists, is an OME-Zarr group with a haloflow
-    attribute block and its array, was sealed by :func:`mark_complete`, and
-    (if `fingerprint` is given) was made for that fingerprint. Never raises
-    for missing or foreign stores.
+    attribute block and its arrays (level 0 and every pyramid level it
+    lists), was sealed by :func:`mark_complete`, and (if `fingerprint` is
+    given) was made for that fingerprint. Never raises for missing or foreign
+    stores.
     """
     store = os.fspath(path)
     try:
         group = zarr.open_group(store, mode="r")
         meta = _haloflow_attrs(group, store)
-        zarr.open_array(store, path=_ome_component(group.attrs.asdict(), store), mode="r")
-    except (OSError, ValueError, KeyError, TypeError):
+        attrs = group.attrs.asdict()
+        zarr.open_array(store, path=_ome_component(attrs, store), mode="r")
+        for dataset in attrs["ome"]["multiscales"][0]["datasets"][1:]:  # pyramid levels: part of the result
+            zarr.open_array(store, path=dataset["path"], mode="r")
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return False
     matches = fingerprint is None or meta.get("fingerprint") == fingerprint
     return meta.get("complete") is True and matches
@@ -819,9 +979,10 @@ def _resolve_tiff(path: Path) -> InputSpec:
     if not _is_tiff_name(path):
         raise InputError(f"input {path} is not a .tif/.tiff file or a zarr store directory")
     shape, dtype, native = _tiff_info(path, probe=True)
-    axes = _tiff_axes(path)
+    axes, calibration = _tiff_metadata(path)
     return InputSpec(
-        "tiff", (str(path),), shape, dtype, native_chunks=native, channel_axis=axes.channel, time_axis=axes.time
+        "tiff", (str(path),), shape, dtype, native_chunks=native, channel_axis=axes.channel, time_axis=axes.time,
+        **_calibration_fields(calibration),
     )
 
 
@@ -839,11 +1000,13 @@ def _resolve_glob(pattern: str) -> InputSpec:
                 f"glob pattern {pattern!r}: {path} has shape {other_shape} and dtype {other_dtype}, "
                 f"but {paths[0]} has shape {shape} and dtype {dtype}"
             )
-    file_axes = _tiff_axes(paths[0])
+    file_axes, file_calibration = _tiff_metadata(paths[0])
     after_new_axis = {name: None if axis is None else axis + 1 for name, axis in
                       (("channel_axis", file_axes.channel), ("time_axis", file_axes.time))}
+    stacked = Calibration((1.0, *file_calibration.scale), (None, *file_calibration.units))  # the new axis: unknown
     return InputSpec(
-        "glob", tuple(map(str, paths)), (len(paths), *shape), dtype, native_chunks=(1, *native), **after_new_axis
+        "glob", tuple(map(str, paths)), (len(paths), *shape), dtype, native_chunks=(1, *native), **after_new_axis,
+        **_calibration_fields(stacked),
     )
 
 
@@ -878,7 +1041,7 @@ def _resolve_tiles(tiles: Any) -> InputSpec:
             )
     offset = len(first_shape) - len(grid)
     shape = first_shape[:offset] + tuple(sum(e) for e in extents)
-    axes = _tiff_axes(paths[0])
+    axes, calibration = _tiff_metadata(paths[0])
     return InputSpec(
         "tiles",
         tuple(map(str, paths)),
@@ -889,6 +1052,7 @@ def _resolve_tiles(tiles: Any) -> InputSpec:
         native_chunks=native,
         channel_axis=axes.channel,
         time_axis=axes.time,
+        **_calibration_fields(calibration),
     )
 
 
@@ -967,6 +1131,7 @@ def _resolve_zarr(path: Path, component: str | None) -> InputSpec:
     return InputSpec(
         "zarr", (str(path),), array.shape, array.dtype.name, component=component, native_chunks=native,
         channel_axis=axes.channel, time_axis=axes.time,
+        **_calibration_fields(ome.from_ngff(attrs, component, array.ndim)),
     )
 
 
@@ -1015,20 +1180,46 @@ def _ome_axis_type(axis: Any) -> str:
     return {"c": "channel", "t": "time"}.get(str(name).lower(), "space")
 
 
-def _tiff_axes(path: Path) -> ImageAxes:
-    """The channel and time axes a TIFF's metadata gives its first series: ``C`` and ``T``.
+def _tiff_metadata(path: Path) -> tuple[ImageAxes, Calibration]:
+    """The channel and time axes, and the physical pixel sizes, a TIFF's metadata gives its first series.
 
-    An OME-TIFF's channels stored as samples (tifffile's ``S``) are its channel
-    axis too; in other TIFFs ``S`` may be tifffile's guess, and stays spatial.
+    Axes: ``C`` and ``T``. An OME-TIFF's channels stored as samples
+    (tifffile's ``S``) are its channel axis too; in other TIFFs ``S`` may be
+    tifffile's guess, and stays spatial. Sizes: an OME-TIFF's OME-XML
+    (``PhysicalSizeX/Y/Z``, ``TimeIncrement``), or an ImageJ TIFF's ``unit``,
+    ``spacing``, ``finterval`` and X/Y resolution tags; a plain TIFF's
+    resolution tags (often a printer's dots per inch) are not used.
     """
     try:
         with tifffile.TiffFile(path) as tif:
-            letters, ome = tif.series[0].levels[0].axes, tif.is_ome
+            letters, is_ome = tif.series[0].levels[0].axes, tif.is_ome
+            calibration = _tiff_calibration(tif, letters)
     except Exception as exc:  # tifffile raises many types on bad files
         raise InputError(f"cannot read TIFF {path}: {_one_line(exc)}") from exc
-    channel = "S" if ome and "C" not in letters else "C"
+    channel = "S" if is_ome and "C" not in letters else "C"
     types = ["channel" if a == channel else "time" if a == "T" else "space" for a in letters]
-    return ImageAxes.from_types(types)
+    return ImageAxes.from_types(types), calibration
+
+
+def _tiff_calibration(tif: tifffile.TiffFile, letters: str) -> Calibration:
+    """Physical pixel sizes from an OME-TIFF's or ImageJ TIFF's metadata; none if there are none, or they make no sense."""
+    try:
+        if tif.is_ome:
+            return ome.from_ome_xml(tif.ome_metadata or "", letters)
+        if tif.is_imagej:
+            tags = tif.pages.first.tags
+            resolution = [tags[name].value if name in tags else None for name in ("XResolution", "YResolution")]
+            return ome.from_imagej(tif.imagej_metadata, letters, resolution)
+    except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, OverflowError):
+        pass  # metadata that cannot be understood must not stop the pixels from being processed
+    return Calibration.none(len(letters))
+
+
+def _calibration_fields(calibration: Calibration) -> dict[str, Any]:
+    """InputSpec's ``physical_sizes`` and ``units``: empty for an uncalibrated image."""
+    if not calibration.known:
+        return {}
+    return {"physical_sizes": calibration.scale, "units": calibration.units}
 
 
 def _tiff_info(path: Path, probe: bool) -> tuple[tuple[int, ...], str, tuple[int, ...]]:
@@ -1138,6 +1329,25 @@ class _ZarrSource:
 
     def __dask_tokenize__(self) -> Any:
         return ("zarr-source", self.store, self.component, self.token)
+
+
+@dataclass(frozen=True)
+class _ZarrTarget:
+    """Picklable write target for :func:`dask.array.store`: every write opens the array by path."""
+
+    store: str
+    component: str
+
+    def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
+        zarr.open_array(self.store, path=self.component, mode="r+")[key] = value
+
+
+def _cast_mean(mean: da.Array, dtype: np.dtype) -> da.Array:
+    """Window means (float64) in the image's dtype: rounded and clipped to range for integers."""
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return da.clip(da.rint(mean), info.min, info.max).astype(dtype)
+    return mean.astype(dtype)
 
 
 def _read_tiff_region(path: str, region: tuple[slice, ...]) -> np.ndarray:
@@ -1253,28 +1463,15 @@ def _remove_old_store(store: str) -> None:
     raise ValueError(f"{store} exists and is not a zarr store; refusing to overwrite it")
 
 
-def _ome_attributes(name: str, axes: tuple[str, ...], kind: str) -> dict[str, Any]:
-    """OME-NGFF 0.5 attributes for a single-scale image."""
-    ome: dict[str, Any] = {
+def _ome_attributes(name: str, axes: tuple[str, ...], kind: str, calibration: Calibration) -> dict[str, Any]:
+    """OME-NGFF 0.5 attributes for a single-scale image (:func:`write_pyramid` adds levels)."""
+    attributes: dict[str, Any] = {
         "version": OME_VERSION,
-        "multiscales": [
-            {
-                "name": name,
-                "axes": [{"name": a, "type": _AXIS_TYPES[a]} for a in axes],
-                "datasets": [
-                    {
-                        "path": "0",
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [1.0] * len(axes)}
-                        ],
-                    }
-                ],
-            }
-        ],
+        "multiscales": [ome.multiscale(name, axes, _AXIS_TYPES, calibration)],
     }
     if kind == "labels":
-        ome["image-label"] = {"version": OME_VERSION}
-    return ome
+        attributes["image-label"] = ome.image_label(None)
+    return attributes
 
 
 def _check_axes(axes: Sequence[str] | None, ndim: int) -> tuple[str, ...]:

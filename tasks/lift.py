@@ -20,8 +20,9 @@ import dask
 import dask.array as da
 import numpy as np
 
-from imageops import get_op, label as label_ops, measure as measure_ops, threshold as threshold_ops
-from imageops.catalog import LabelParams, MeasureParams, ThresholdParams
+from imageops import channels as channel_ops, get_op, label as label_ops, measure as measure_ops
+from imageops import threshold as threshold_ops
+from imageops.catalog import ChannelParams, LabelParams, MeasureParams, ThresholdParams
 from imageops.registry import OpParams
 from tasks.axes import ImageAxes, map_pieces
 
@@ -59,7 +60,12 @@ def lift(
     >>> mask, found = lift(x, ThresholdParams(method="mean"), axes=ImageAxes(3, channel=0))
     >>> found
     {'threshold': [3.0, 30.0]}
+
+    ``channel`` runs on the whole array, before any split into pieces: it
+    takes the channel axis away (:func:`select_channel`, :func:`output_axes`).
     """
+    if params.op == "channel":
+        return select_channel(image, params, axes), {}
     if axes is not None and axes.split:
         return map_pieces(image, axes, partial(lift, params=params, compute=compute))
     family = get_op(params.op).family
@@ -70,6 +76,37 @@ def lift(
     if params.op not in GLOBAL_LIFTS:
         raise ValueError(f"op {params.op!r} has no lifting onto chunks")
     return GLOBAL_LIFTS[params.op](image, params, compute)
+
+
+def select_channel(image: da.Array, params: ChannelParams, axes: ImageAxes | None) -> da.Array:
+    """Op ``channel``: one channel of ``image``, lazily, its channel axis (``axes.channel``) dropped.
+
+    Every other axis keeps its chunks; the dtype is kept.
+
+    >>> x = da.from_array(np.arange(24).reshape(3, 2, 4), chunks=(2, 1, 3))
+    >>> one = select_channel(x, ChannelParams(index=1), ImageAxes(3, channel=1))
+    >>> one.chunks, one.compute()[0].tolist()
+    (((2, 1), (3, 1)), [4, 5, 6, 7])
+    """
+    if axes is None or axes.channel is None:
+        raise ValueError(
+            f"op 'channel' needs an image with a channel axis, but the image of shape {image.shape} has none "
+            "(its OME metadata, or the spec's channel_axis, says which axis holds channels)"
+        )
+    if image.ndim != axes.ndim:
+        raise ValueError(f"the image has {image.ndim} axes but {axes} describes {axes.ndim}")
+    index = channel_ops.check_channel_index(params.index, image.shape[axes.channel])
+    return image[tuple(index if a == axes.channel else slice(None) for a in range(image.ndim))]
+
+
+def output_axes(params: OpParams, axes: ImageAxes) -> ImageAxes:
+    """The channel and time axes of an op's result on an image with ``axes``: the same, but ``channel`` drops its axis.
+
+    >>> from imageops.catalog import GaussianParams
+    >>> output_axes(ChannelParams(index=0), ImageAxes(4, channel=0)), output_axes(GaussianParams(sigma=1), ImageAxes(3))
+    (ImageAxes(ndim=3, channel=None, time=None), ImageAxes(ndim=3, channel=None, time=None))
+    """
+    return axes.without_channel() if params.op == "channel" else axes
 
 
 def lift_local(image: da.Array, params: OpParams) -> da.Array:

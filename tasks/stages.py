@@ -130,11 +130,15 @@ def batch_table_stage(
 
 
 def concatenate_tables(images: list[str], tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """One table from per-image tables, with the image's name as the first column."""
-    names = list(tables[0]) if tables else []
+    """One table from per-image tables, with the image's name as the first column.
+
+    A column that some images lack (physical units known for some images
+    only) is empty (NaN) on their rows.
+    """
+    names = list(dict.fromkeys(name for t in tables for name in t))
     columns: dict[str, Any] = {"image": np.concatenate([np.full(len(t[names[0]]) if names else 0, image, dtype=object) for image, t in zip(images, tables)]) if tables else np.empty(0, object)}
     for name in names:
-        columns[name] = np.concatenate([t[name] for t in tables])
+        columns[name] = np.concatenate([t[name] if name in t else np.full(len(next(iter(t.values()))), np.nan) for t in tables])
     return columns
 
 

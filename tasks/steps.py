@@ -8,6 +8,7 @@ batch stage calls them once per image with Dask's synchronous scheduler.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,10 +19,12 @@ import dask.array as da
 import numpy as np
 
 from imageops import get_op
+from imageops.measure import physical_columns
 from imageops.registry import OpParams
-from tasks import io, lift
+from tasks import io, lift, ome
 from tasks.axes import ImageAxes
 from tasks.cluster import compute_each, compute_on_cluster
+from tasks.ome import Calibration
 from tasks.reference import ArrayRef, TableRef, fingerprint
 
 # What a step reads: a stored stage, or the pipeline's source image.
@@ -106,6 +109,11 @@ def upstream_axes(upstream: Upstream) -> ImageAxes:
     return io.store_axes(upstream.store) if isinstance(upstream, ArrayRef) else upstream.axes
 
 
+def upstream_calibration(upstream: Upstream) -> Calibration:
+    """The physical pixel sizes and units of a step's input: its store's OME metadata, or the source image's."""
+    return io.store_calibration(upstream.store) if isinstance(upstream, ArrayRef) else upstream.calibration
+
+
 def run_image_step(
     params: OpParams,
     upstream: Upstream,
@@ -123,6 +131,9 @@ def run_image_step(
     (``cached``); one made for this fingerprint but interrupted is finished,
     computing only its missing blocks (``resumed``); otherwise a new store is
     created empty, filled block by block, and marked complete by its last write.
+    The store carries its input's physical pixel sizes; a large one gets its
+    lower-resolution levels (:func:`tasks.io.write_pyramid`) and a label store
+    its ``image-label`` colours before it is marked complete.
 
     ``compute_blocks(collections, on_done)`` computes the block writes (default:
     on the caller's cluster, reporting progress to ``on_progress(done, total)``).
@@ -135,12 +146,14 @@ def run_image_step(
     image = open_lazy(upstream, chunks)
     axes = upstream_axes(upstream)
     result, found = lift.lift(image, params, compute, axes=axes)
+    out_axes = lift.output_axes(params, axes)  # a ``channel`` step drops the channel axis
     ref = io.resumable(store, fp)
     status = "computed" if ref is None else "resumed"
     if ref is None:
         ref = io.create_store(
             store, shape=result.shape, dtype=result.dtype, chunks=_regular_chunks(result),
-            kind=info.gives, fingerprint=fp, name=name, axes=axes.names,
+            kind=info.gives, fingerprint=fp, name=name, axes=out_axes.names,
+            calibration=_kept_calibration(upstream_calibration(upstream), axes, out_axes),
         )
     done = io.done_blocks(ref)
     writes = io.write_blocks(result, ref, skip=done)
@@ -150,6 +163,13 @@ def run_image_step(
         raise RuntimeError(f"{store}: {stats['count']} of {int(np.prod(ref.shape))} voxels were written")
     blocks = {"total": int(np.prod(io.block_grid(ref))), "written": len(writes), "reused": len(done)}
     found = {**found, "stats": {k: v for k, v in stats.items() if k != "count"}, "blocks": blocks}
+    levels = io.write_pyramid(ref, compute)
+    if levels:
+        found["levels"] = [list(ref.shape), *map(list, levels)]
+    if ref.kind == "labels":
+        local = isinstance(upstream, ArrayRef) and "://" not in upstream.store + store
+        source = os.path.relpath(upstream.store, store) if local else None
+        io.set_image_label(ref, None if stats["max"] is None else int(stats["max"]), source)
     io.mark_complete(ref, **found)
     return StepResult(ref, time.perf_counter() - started, status=status, info=found)
 
@@ -197,12 +217,51 @@ def measure_columns(
     """The measurement table's columns, computed over the label store's chunks.
 
     ``intensity``: one image, or a list of images (per-image columns ``-0``, ``-1``, ... in list order).
+    One image may have a channel axis (the labels then come from one of its
+    channels, picked by a ``channel`` step): per-channel columns ``-0``,
+    ``-1``, ... as ``regionprops_table`` gives for channels on the last axis.
+    When the label store's metadata gives every spatial axis a physical size
+    with a unit, ``area`` and ``centroid`` also come in physical units
+    (:func:`imageops.measure.physical_columns`, e.g. ``area_micrometer^3``).
     """
+    axes = io.store_axes(labels.store)
+    if axes.split:
+        raise ValueError(
+            f"the labels {labels.store} have a channel or time axis (axes {''.join(axes.names)}): "
+            "measure the labels of one channel, selected by {op: channel, index: N} before segmenting"
+        )
     if isinstance(intensity, (list, tuple)):
+        for index, image in enumerate(intensity):
+            if upstream_axes(image).split:
+                raise ValueError(
+                    f"intensity[{index}] has a channel or time axis (axes {''.join(upstream_axes(image).names)}): "
+                    "in a list of intensity images its columns -0, -1, ... would be ambiguous; "
+                    "measure a multichannel image on its own (intensity: its name)"
+                )
         intensity_array = [open_lazy(image) for image in intensity]
     else:
-        intensity_array = None if intensity is None else open_lazy(intensity)
-    return lift.measure(io.read_ref(labels), params, intensity=intensity_array, compute=compute)
+        intensity_array = None if intensity is None else _channels_last(intensity)
+    columns = lift.measure(io.read_ref(labels), params, intensity=intensity_array, compute=compute)
+    physical = None if axes.split else ome.common_unit(io.store_calibration(labels.store), axes.spatial)
+    if physical is not None:
+        columns.update(physical_columns(columns, *physical))
+    return columns
+
+
+def _channels_last(upstream: Upstream) -> da.Array:
+    """An intensity image, lazily, its channel axis (if any) moved last: how ``regionprops_table`` takes channels."""
+    image, axes = open_lazy(upstream), upstream_axes(upstream)
+    if axes.time is not None:
+        raise ValueError(f"the intensity image has a time axis (axes {''.join(axes.names)}): it cannot be measured")
+    return image if axes.channel is None else da.moveaxis(image, axes.channel, -1)
+
+
+def _kept_calibration(calibration: Calibration, axes: ImageAxes, out_axes: ImageAxes) -> Calibration:
+    """The input's calibration for the output's axes: without the channel axis when the step dropped it."""
+    if out_axes.ndim == axes.ndim:
+        return calibration
+    kept = [a for a in range(axes.ndim) if a != axes.channel]
+    return Calibration(tuple(calibration.scale[a] for a in kept), tuple(calibration.units[a] for a in kept))
 
 
 def _regular_chunks(image: da.Array) -> tuple[int, ...]:

@@ -1,4 +1,5 @@
-"""End to end: images with a channel axis are processed channel by channel, and bad axes are refused before any work.
+"""End to end: images with a channel axis are processed channel by channel, one channel is segmented and every
+channel measured, and bad axes are refused before any work.
 
 The session's Prefect server comes from ``tests/conftest.py``; the flows run
 on the session's local Dask cluster (the ``dask_cluster`` fixture).
@@ -146,10 +147,125 @@ def test_bad_axes_are_refused_naming_the_field(tmp_path, capsys, case):
     assert not (tmp_path / "out").exists(), "nothing may be written"
 
 
-def test_measure_on_an_image_with_channels_is_refused(tmp_path, capsys):
-    source = tmp_path / "cyx.ome.tif"
-    tifffile.imwrite(source, np.zeros((2, 20, 20), np.uint16), ome=True, metadata={"axes": "CYX"})
-    steps = STEPS + [{"op": "measure", "properties": ["label", "area"], "intensity": None}]
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"input": str(source), "steps": steps, "output": str(tmp_path / "o")}))
-    assert cli_main(["run", str(tmp_path / "spec.yaml")]) == 2
-    assert "steps[3] (measure): measuring an image with a channel or time axis" in capsys.readouterr().err
+# --- segment one channel, measure every channel ------------------------------------------------------------
+
+PROPERTIES = ["label", "area", "intensity_mean", "intensity_max"]
+
+
+def segment_and_measure(index: int) -> list[dict]:
+    """The classic pipeline: keep channel ``index``, smooth, Otsu, label, measure every channel of the input."""
+    return [
+        {"op": "channel", "index": index},
+        {"op": "gaussian", "sigma": SIGMA},
+        {"op": "threshold"},
+        {"op": "label"},
+        {"op": "measure", "properties": PROPERTIES, "intensity": "input"},
+    ]
+
+
+def assert_measured_every_channel(table: dict, image: np.ndarray, channel_axis: int, index: int, out: Path) -> None:
+    """The stores have no channel axis; the table equals regionprops_table of scikit-image's own labels of the
+    channel, with the whole image's channels last as intensity, rows matched through the stored labels."""
+    channel = np.take(image, index, axis=channel_axis)
+    smooth = ndi.gaussian_filter(channel.astype(np.float32), SIGMA, mode="nearest")
+    labels = measure.label(smooth > filters.threshold_otsu(smooth))
+    ours = stored(out / "04_label.ome.zarr")
+    assert labels.max() > 3 and same_up_to_permutation(ours, labels)
+    spatial = [(n, "space") for n in "zyx"[4 - image.ndim:]]
+    for name in ("01_channel", "02_gaussian", "03_threshold", "04_label"):
+        assert stored_axes(out / f"{name}.ome.zarr") == spatial, name
+    np.testing.assert_array_equal(stored(out / "01_channel.ome.zarr"), channel)
+    reference = measure.regionprops_table(labels, np.moveaxis(image, channel_axis, -1), properties=PROPERTIES)
+    channels = [f"-{c}" for c in range(image.shape[channel_axis])]
+    assert list(table) == ["label", "area"] + [f"{p}{c}" for p in PROPERTIES[2:] for c in channels]
+    assert list(table) == list(reference)
+    ours_to_reference = dict(np.unique(np.stack([ours.ravel(), labels.ravel()], axis=1), axis=0).tolist())
+    matched = np.array([ours_to_reference[label] for label in table["label"]])
+    order = np.argsort(matched)
+    np.testing.assert_array_equal(matched[order], np.arange(1, labels.max() + 1))
+    for key, expected in reference.items():
+        if key != "label":
+            np.testing.assert_allclose(np.asarray(table[key], float)[order], expected, rtol=1e-9, err_msg=key)
+
+
+@pytest.mark.slow
+def test_ome_tiff_3d_segment_one_channel_measure_every_channel_large_image(tmp_path, dask_cluster):
+    from flows import large_image_flow
+    from flows.runner import make_task_runner
+
+    image = two_channels((10, 48, 40), seed=21)
+    source = tmp_path / "czyx.ome.tif"
+    tifffile.imwrite(source, image, ome=True, metadata={"axes": "CZYX"})
+    flow = large_image_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))
+    out = tmp_path / "out"
+    result = flow(input=str(source), steps=segment_and_measure(0), output=str(out), chunks=[2, 5, 17, 20])
+    assert result["stages"][4]["info"]["rows"] > 3
+    assert_measured_every_channel(io.read_table(out / "05_measure.csv"), image, 0, 0, out)
+
+
+@pytest.mark.slow
+def test_spec_channel_axis_2d_segment_one_channel_measure_every_channel_batch(tmp_path, dask_cluster):
+    images = {"a": np.moveaxis(two_channels((48, 41), seed=11), 0, -1), "b": np.moveaxis(two_channels((36, 55), seed=13), 0, -1)}
+    for stem, image in images.items():
+        tifffile.imwrite(tmp_path / f"{stem}.tif", image, photometric="minisblack", planarconfig="contig")
+    out = tmp_path / "out"
+    spec = {"flow": "batch", "input": str(tmp_path / "*.tif"), "steps": segment_and_measure(1), "output": str(out),
+            "channel_axis": -1}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert cli_main(["run", str(tmp_path / "spec.yaml"), "--cluster", dask_cluster]) == 0
+    table = io.read_table(out / "05_measure.csv")
+    assert list(table)[0] == "image"
+    for stem, image in images.items():
+        rows = np.asarray(table["image"]) == stem
+        mine = {key: np.asarray(values)[rows] for key, values in table.items() if key != "image"}
+        assert_measured_every_channel(mine, image, 2, 1, out / stem)
+
+
+def _spec_file(tmp_path: Path, image: np.ndarray, letters: str, steps: list[dict], **fields) -> Path:
+    source = tmp_path / "image.ome.tif"
+    tifffile.imwrite(source, image, ome=True, metadata={"axes": letters})
+    spec = {"input": str(source), "steps": steps, "output": str(tmp_path / "out"), **fields}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return tmp_path / "spec.yaml"
+
+
+MEASURE_ALL = {"op": "measure", "properties": ["label", "area", "intensity_mean"], "intensity": "input"}
+REFUSED_STEPS = {
+    "measure without a channel step": (
+        (2, 20, 20), "CYX", STEPS + [MEASURE_ALL],
+        ["steps[3] (measure): its labels have a channel axis (axes cyx, shape (2, 20, 20))",
+         "{op: channel, index: N} before the steps that segment"],
+    ),
+    "channel index out of range": (
+        (2, 20, 20), "CYX", [{"op": "channel", "index": 2}] + STEPS + [MEASURE_ALL],
+        ["steps[0] (channel) index: 2 is out of range: the input has 2 channels", "use 0 to 1"],
+    ),
+    "channel op on a single-channel image": (
+        (20, 20), "YX", [{"op": "channel", "index": 0}] + STEPS,
+        ["steps[0] (channel): the image it gets has no channel axis (axes yx, shape (20, 20))"],
+    ),
+    "a second channel step": (
+        (3, 20, 20), "CYX", [{"op": "channel", "index": 0}, {"op": "channel", "index": 0}],
+        ["steps[1] (channel): the image it gets has no channel axis (axes yx, shape (20, 20))"],
+    ),
+    "a multichannel image in a list of intensity images": (
+        (2, 20, 20), "CYX",
+        [{"op": "channel", "index": 0, "name": "first"}] + STEPS + [{**MEASURE_ALL, "intensity": ["first", "input"]}],
+        ["steps[4] (measure) intensity[1]: 'input' has a channel axis (axes cyx)", "would be ambiguous"],
+    ),
+    "measure with a time axis": (
+        (3, 2, 20, 20), "TCYX", [{"op": "channel", "index": 1}] + STEPS + [MEASURE_ALL],
+        ["steps[4] (measure): measuring an image with a time axis (axes tyx, shape (3, 20, 20)) is not supported yet"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_STEPS)
+def test_steps_that_do_not_fit_the_channel_axis_are_refused_before_any_work(tmp_path, capsys, case):
+    shape, letters, steps, expected = REFUSED_STEPS[case]
+    spec = _spec_file(tmp_path, np.zeros(shape, np.uint16), letters, steps)
+    assert cli_main(["run", str(spec)]) == 2
+    message = capsys.readouterr().err
+    for text in expected:
+        assert text in message, message
+    assert not (tmp_path / "out").exists(), "nothing may be written"

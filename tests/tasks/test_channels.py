@@ -22,7 +22,8 @@ from scipy import ndimage as ndi
 from skimage import exposure, filters, measure, morphology as skmorph, segmentation
 
 from imageops import threshold as threshold_ops
-from imageops.catalog import GaussianParams, LabelParams, MedianParams, ThresholdParams
+from imageops.catalog import ChannelParams, GaussianParams, LabelParams, MeasureParams, MedianParams, ThresholdParams
+from imageops.channels import select_channel
 from imageops.catalog_filters import (
     ClipParams,
     DifferenceOfGaussiansParams,
@@ -351,11 +352,16 @@ PER_PIECE: dict[str, list[Case]] = {
     "expand_labels": [Case(ExpandLabelsParams(distance=2), lambda p: segmentation.expand_labels(p, 2))],
 }
 ALL_CASES = [case for cases in PER_PIECE.values() for case in cases]
+#: Image-producing ops with no per-channel case, and why.
+NOT_PER_PIECE = {
+    "channel": "it acts on the channel axis itself (keeps one channel, drops the axis): test_channel_op_* below",
+}
 
 
 def test_every_image_producing_op_of_the_registry_has_a_per_channel_case():
     """A new op cannot be missed: the cases name every op but ``measure`` (a table), and every threshold method."""
-    assert set(PER_PIECE) == {name for name, info in OPS.items() if info.gives != "table"}
+    assert set(PER_PIECE) | set(NOT_PER_PIECE) == {name for name, info in OPS.items() if info.gives != "table"}
+    assert not set(PER_PIECE) & set(NOT_PER_PIECE)
     assert all(case.params.op == op for op, cases in PER_PIECE.items() for case in cases)
     assert {case.params.method for case in PER_PIECE["threshold"]} == set(threshold_ops.METHODS)
     assert {case.params.method for case in PER_PIECE["threshold_local"]} == set(threshold_ops.LOCAL_METHODS)
@@ -399,6 +405,125 @@ def test_without_a_channel_or_time_axis_the_image_is_one_piece(axes):
     mask, found = lift.lift(da.from_array(image, chunks=7), ThresholdParams(), axes=axes)
     assert found == {"threshold": filters.threshold_otsu(image).item()}
     np.testing.assert_array_equal(mask.compute(), image > filters.threshold_otsu(image))
+
+
+# --- the channel op: one channel kept, the channel axis dropped ---------------------------------------------
+
+CHANNEL_LAYOUTS = [name for name, (_, axes) in LAYOUTS.items() if axes.channel is not None]
+
+
+@pytest.mark.parametrize("layout", CHANNEL_LAYOUTS)
+def test_channel_op_keeps_one_channel_and_drops_its_axis(layout):
+    shape, axes = LAYOUTS[layout]
+    image = _image(shape, axes)
+    chunks = uneven_chunks(shape, seed=9)
+    params = ChannelParams(index=shape[axes.channel] - 1)
+    result, found = lift.lift(da.from_array(image, chunks=chunks), params, axes=axes)
+    expected = np.take(image, params.index, axis=axes.channel)
+    assert found == {} and result.dtype == image.dtype
+    assert result.chunks == tuple(c for a, c in enumerate(chunks) if a != axes.channel), "other axes keep their chunks"
+    np.testing.assert_array_equal(result.compute(), expected)
+    out_axes = lift.output_axes(params, axes)
+    assert out_axes == ImageAxes(len(shape) - 1, time=None if axes.time is None else axes.time - (axes.time > axes.channel))
+    # The steps after it run on that channel: per time point when there is a time axis.
+    mask, found = lift.lift(result, ThresholdParams(), axes=out_axes)
+    thresholds = [filters.threshold_otsu(piece).item() for _, piece in _pieces(expected, out_axes)]
+    assert found == {"threshold": thresholds if out_axes.split else thresholds[0]}
+    np.testing.assert_array_equal(mask.compute(), _per_piece(lambda p: p > filters.threshold_otsu(p), expected, out_axes))
+
+
+def test_channel_op_refuses_an_index_out_of_range_and_an_image_with_no_channel_axis():
+    image = da.zeros((3, 8, 9), chunks=4, dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"index 3 is out of range for an image of 3 channels: use 0 to 2"):
+        lift.lift(image, ChannelParams(index=3), axes=ImageAxes(3, channel=0))
+    for axes in (None, ImageAxes(3), ImageAxes(3, time=0)):
+        with pytest.raises(ValueError, match=r"op 'channel' needs an image with a channel axis, .*\(3, 8, 9\) has none"):
+            lift.lift(image, ChannelParams(index=0), axes=axes)
+    with pytest.raises(ValueError, match="not a local op"):
+        lift.lift_local(image, ChannelParams(index=0))
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        ChannelParams(index=-1)
+    with pytest.raises(ValueError, match=r"no channel axis \(axes zyx\)"):
+        ImageAxes(3).without_channel()
+
+
+def test_select_channel_on_a_numpy_image_is_a_view_of_one_channel():
+    image = np.arange(60, dtype=np.uint16).reshape(3, 4, 5)
+    for axis in (0, 1, 2, -1):
+        for index in range(image.shape[axis]):
+            out = select_channel(image, index, axis=axis)
+            np.testing.assert_array_equal(out, np.take(image, index, axis=axis))
+            assert out.dtype == image.dtype and np.shares_memory(out, image)
+    with pytest.raises(ValueError, match="index 5 is out of range for an image of 5 channels: use 0 to 4"):
+        select_channel(image, 5, axis=2)
+    with pytest.raises(ValueError, match="index -1 is out of range"):
+        select_channel(image, -1)
+    with pytest.raises(ValueError, match=r"axis must be an int in \[-3, 2\], got 3"):
+        select_channel(image, 0, axis=3)
+    with pytest.raises(TypeError, match="index must be an int, got 1.0"):
+        select_channel(image, 1.0)
+
+
+RUN = dict(compute=steps.local_compute, compute_blocks=steps.sync_compute_blocks)
+PROPERTIES = ["label", "area", "intensity_mean", "intensity_max"]
+
+
+def _ome_tiff(path, image, letters: str):
+    """``image`` as an OME-TIFF with axes ``letters`` (channels last are stored as samples)."""
+    tifffile.imwrite(path, image, ome=True, metadata={"axes": letters}, photometric="minisblack",
+                     planarconfig="contig" if letters.endswith("C") else None)
+    return io.resolve_input(path)
+
+
+def _run_steps(tmp_path, upstream, params_list, first_chunks=None):
+    """Every step through the stage code (no Prefect), each to its own store: the last result."""
+    for number, params in enumerate(params_list):
+        store = str(tmp_path / f"{number:02d}_{params.op}.ome.zarr")
+        upstream = steps.run_image_step(params, upstream, store, name=params.op,
+                                        chunks=first_chunks if number == 0 else None, **RUN).ref
+    return upstream
+
+
+@pytest.mark.parametrize(("shape", "letters"), [((3, 30, 34), "CYX"), ((9, 22, 19, 2), "ZYXC")])
+def test_steps_segment_one_channel_and_measure_every_channel(tmp_path, shape, letters):
+    """channel -> gaussian -> otsu -> label -> measure: stores without a channel axis, a column per input channel."""
+    axes = ImageAxes(len(shape), channel=letters.index("C"))
+    image = _image(shape, axes)
+    source = _ome_tiff(tmp_path / "image.ome.tif", image, letters)
+    assert source.axes == axes
+    pipeline = [ChannelParams(index=1), GaussianParams(sigma=1.0), ThresholdParams(), LabelParams()]
+    chunks = tuple(2 if a == axes.channel else n // 3 + 1 for a, n in enumerate(shape))  # several per axis
+    labels_ref = _run_steps(tmp_path, source, pipeline, first_chunks=chunks)
+    spatial = tuple(n for a, n in enumerate(shape) if a != axes.channel)
+    for store in sorted(tmp_path.glob("*.ome.zarr")):
+        assert io.store_axes(store) == ImageAxes(len(spatial)), store.name
+        assert zarr.open_array(str(store), path="0", mode="r").shape == spatial
+    labels = io.read_ref(labels_ref).compute()
+    smooth = ndi.gaussian_filter(np.take(image, 1, axis=axes.channel).astype(np.float32), 1.0, mode="nearest")
+    assert same_up_to_permutation(labels, measure.label(smooth > filters.threshold_otsu(smooth)))
+    columns = steps.measure_columns(MeasureParams(properties=PROPERTIES), labels_ref, intensity=source, compute=RUN["compute"])
+    reference = measure.regionprops_table(labels, np.moveaxis(image, axes.channel, -1), properties=PROPERTIES)
+    assert labels.max() > 2 and list(columns) == list(reference)
+    assert {f"intensity_mean-{c}" for c in range(shape[axes.channel])} <= set(columns)
+    for key, expected in reference.items():
+        np.testing.assert_allclose(columns[key], expected, rtol=1e-9, err_msg=key)
+
+
+def test_measure_refuses_labels_with_a_channel_axis_and_a_multichannel_image_in_a_list(tmp_path):
+    image = _image((2, 20, 24), ImageAxes(3, channel=0))
+    source = _ome_tiff(tmp_path / "cyx.ome.tif", image, "CYX")
+    per_channel = _run_steps(tmp_path / "all", source, [ThresholdParams(), LabelParams()])
+    with pytest.raises(ValueError, match=r"the labels .* have a channel or time axis \(axes cyx\).*op: channel, index: N"):
+        steps.measure_columns(MeasureParams(properties=["label", "area"], intensity=None), per_channel, compute=RUN["compute"])
+    first = _run_steps(tmp_path / "one", source, [ChannelParams(index=0)])
+    labels = _run_steps(tmp_path / "one-labels", first, [ThresholdParams(), LabelParams()])
+    params = MeasureParams(properties=PROPERTIES, intensity=["channel", "input"])
+    with pytest.raises(ValueError, match=r"intensity\[1\] has a channel or time axis \(axes cyx\): in a list .* ambiguous"):
+        steps.measure_columns(params, labels, intensity=[first, source], compute=RUN["compute"])
+    # The selected channel alone, in a list, is one image like any other.
+    columns = steps.measure_columns(params.model_copy(update={"intensity": ["channel"]}), labels, intensity=[first],
+                                    compute=RUN["compute"])
+    assert "intensity_mean-0" in columns and "intensity_mean-1" not in columns
 
 
 # --- the axes themselves ------------------------------------------------------------------------------
