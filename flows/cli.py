@@ -24,6 +24,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("haloflow: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if not _lost_the_api(error):
+            raise
+        return _report_lost_api(error)
+
+
+def _lost_the_api(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) is a failed connection to the Prefect API, after Prefect's own retries."""
+    httpx = sys.modules.get("httpx")
+    seen = 0
+    while error is not None and seen < 10:
+        if httpx is not None and isinstance(error, httpx.TransportError):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def _report_lost_api(error: BaseException) -> int:
+    """The last lines of a run whose Prefect API stopped answering: what happened, that nothing written is lost."""
+    import logging
+
+    logging.raiseExceptions = False  # Prefect's log shipper would print its own failures after this message
+    url = os.environ.get("PREFECT_API_URL", "the Prefect API")
+    print(f"haloflow: lost the Prefect API at {url} ({_one_line(error)}).\n"
+          "  Every block written so far is kept: run the same command again to resume.", file=sys.stderr)
+    return 1
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +115,7 @@ def _console(args):
 
 
 def cmd_run(args) -> int:
+    from flows.cluster import ClusterError
     from flows.record import OutputError, check_chunks, check_output
     from flows.spec import SpecError, check_data_roots, input_with_axes, load_spec
     from tasks.io import InputError, list_batch_images, resolve_input
@@ -99,21 +131,38 @@ def cmd_run(args) -> int:
             source = input_with_axes(spec, resolve_input(spec.to_input()))
             check_chunks(spec.chunks, source.shape)
         check_output(spec.output, spec.input)
-    except (SpecError, InputError, OutputError) as error:
+        cluster = choose_and_check_cluster(args, spec.cluster)
+    except (SpecError, InputError, OutputError, ClusterError) as error:
         return _bad_input(error)
-    return _run(spec, args)
+    return _run(spec, args, cluster)
+
+
+def choose_and_check_cluster(args, spec_cluster=None):
+    """The run's cluster (``--cluster`` > spec > ``HALOFLOW_CLUSTER`` > local); an address must answer.
+
+    ClusterError names the option and the problem: a malformed address, or no
+    scheduler answering there within a few seconds.
+    """
+    from flows.cluster import check_scheduler_answers, choose_cluster
+
+    choice = choose_cluster(args.cluster, spec_cluster, os.environ, local_options=args.workers is not None)
+    if choice.address:
+        check_scheduler_answers(choice.address)
+    return choice
 
 
 def cmd_demo(args) -> int:
     from flows.demo import DEMO_SHAPE, demo_spec, write_demo_tiff
     from flows.spec import load_spec
 
+    from flows.cluster import ClusterError
     from flows.record import OutputError, check_output
 
     output = Path(args.output).absolute()
     try:
         check_output(str(output))
-    except OutputError as error:
+        cluster = choose_and_check_cluster(args)
+    except (OutputError, ClusterError) as error:
         return _bad_input(error)
     shape = tuple(args.shape or DEMO_SHAPE)
     started = time.perf_counter()
@@ -123,7 +172,7 @@ def cmd_demo(args) -> int:
     spec = load_spec(demo_spec(str(source), str(output)))
     if shape != DEMO_SHAPE:
         spec = spec.model_copy(update={"chunks": [max(1, s // 2) for s in shape]})
-    return _run(spec, args)
+    return _run(spec, args, cluster)
 
 
 def cmd_ops(args) -> int:
@@ -154,7 +203,9 @@ def cmd_serve(args) -> int:
 
     if args.spec:
         try:
-            load_spec(args.spec)
+            if load_spec(args.spec).cluster is not None:
+                raise SpecError(f"{args.spec}: cluster: a served run goes to the cluster of `haloflow serve` "
+                                "(set HALOFLOW_CLUSTER for it), not to a spec's cluster field; remove the field")
         except SpecError as error:
             return _bad_input(error)
     if (args.cron or args.interval) and not args.spec:
@@ -175,7 +226,7 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _run(spec, args) -> int:
+def _run(spec, args, cluster) -> int:
     from flows.console import tame_logs
     from flows.progress import RunWatcher
     from flows.runner import ensure_api
@@ -184,7 +235,12 @@ def _run(spec, args) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     started = time.perf_counter()
     source = spec.input if isinstance(spec.input, str) else getattr(spec.input, "zarr", "a grid of tiles")
-    console.info(f"haloflow: {len(spec.steps)} steps on {source} into {Path(spec.output).expanduser().absolute()}")
+    console.info(f"haloflow: {len(spec.steps)} steps on {source} into {Path(spec.output).expanduser().absolute()}"
+                 + ("" if cluster.is_local else f", on {cluster.describe()}"))
+    if not cluster.is_local and not os.environ.get("PREFECT_API_URL"):
+        console.info("haloflow: note: no PREFECT_API_URL is set, so this run's Prefect server listens on 127.0.0.1 "
+                     "only: the cluster's workers start servers of their own (slow; their task runs stay out of the "
+                     "UI). Set PREFECT_API_URL to a server every machine reaches, here and for the workers.")
     # The flow runs here; its stage tasks on Dask workers. The watcher follows the run
     # from its output folder (block markers, run.json) and draws progress and stage lines.
     watcher = RunWatcher(spec, console.progress, console.stage)
@@ -193,7 +249,8 @@ def _run(spec, args) -> int:
         from flows.runner import make_task_runner
 
         flow = batch_flow if spec.flow == "batch" else large_image_flow
-        runner = make_task_runner(cluster=args.cluster, n_workers=None if args.cluster else args.workers)
+        runner = make_task_runner(cluster=cluster.address or cluster.cluster_class,
+                                  n_workers=args.workers if cluster.is_local else None)
         logs.attach()
         state = flow.with_options(task_runner=runner)(
             input=spec.input, steps=spec.steps, output=spec.output, chunks=spec.chunks,

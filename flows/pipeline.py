@@ -12,9 +12,11 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed
 from prefect.filesystems import LocalFileSystem
 
+from flows.cluster import check_workers_reach
 from flows.record import RunRecord, check_chunks, prepare_output, stage_key
 from flows.runner import make_task_runner
-from flows.spec import InputField, PipelineSpec, SpecError, StepChoice, check_data_roots, input_with_axes, step_name
+from flows.spec import (InputField, PipelineSpec, SpecError, StepChoice, check_data_roots, input_with_axes, spec_paths,
+                        step_name)
 from tasks import io
 from tasks.artifacts import artifact_key, publish_failures
 from tasks.reference import fingerprint
@@ -40,7 +42,8 @@ def large_image_flow(
     source = input_with_axes(spec, io.resolve_input(spec.to_input()))
     check_chunks(spec.chunks, source.shape)
     out = prepare_output(spec.output, spec.input)
-    record = RunRecord.start(spec, out)
+    check_cluster_reach(spec, out)
+    record = RunRecord.start(spec, out, source=source)
     storage = result_storage(out)
     logger = get_run_logger()
     images: dict[str, Any] = {"input": source}
@@ -84,6 +87,7 @@ def batch_flow(
     check_data_roots(spec)
     paths = io.list_batch_images(spec.input)
     out = prepare_output(spec.output, spec.input)
+    check_cluster_reach(spec, out)
     failures: dict[str, dict[str, str]] = {}
     sources: dict[str, Any] = {}
     for stem, path in image_stems(paths).items():
@@ -129,6 +133,27 @@ def batch_flow(
         names = "; ".join(f"{stem} ({f['step']}: {f['error']})" for stem, f in failures.items())
         return Failed(message=f"{len(failures)} of {len(failures) + len(upstream)} images failed: {names}", data=summary)
     return record.finish()
+
+
+def check_cluster_reach(spec: PipelineSpec, out: Path) -> None:
+    """Before any stage: the workers of a cluster on other machines must see the input and the output folder."""
+    client = remote_cluster_client()
+    if client is not None:
+        check_workers_reach(client, {path: field for field, path in spec_paths(spec) if field != "output"}, out)
+
+
+def remote_cluster_client():
+    """The flow run's Dask client when its workers may be on other machines; None for a local cluster or no Dask."""
+    import distributed
+    from prefect.context import FlowRunContext
+    from prefect_dask import DaskTaskRunner
+
+    context = FlowRunContext.get()
+    runner = context.task_runner if context is not None else None
+    if not isinstance(runner, DaskTaskRunner):
+        return None
+    client = runner.client
+    return None if isinstance(client.cluster, distributed.LocalCluster) else client
 
 
 def measure_intensity(step, images: dict[str, Any]):

@@ -582,15 +582,19 @@ def _quiet_distributed_logging(level: int = logging.WARNING) -> None:
         logger.setLevel(level)
 
 
-def make_task_runner(cluster: str | None = None, n_workers: int | None = None,
+def make_task_runner(cluster: str | Any | None = None, n_workers: int | None = None,
                      threads_per_worker: int = 1, memory_limit: str | int | float | None = None,
                      **cluster_kwargs: Any):
     """A :class:`prefect_dask.DaskTaskRunner` for haloflow flows.
 
     Parameters
     ----------
-    cluster : str, optional
-        Scheduler address ``"tcp://host:port"`` of an existing cluster.
+    cluster : str or flows.cluster.ClusterClass or dict, optional
+        Scheduler address ``"tcp://host:port"`` of an existing cluster, or a
+        cluster class made for the flow run: a :class:`flows.cluster.ClusterClass`
+        or the same mapping (``{"class": "dask_jobqueue.SLURMCluster",
+        "kwargs": {...}, "adapt": {"minimum": 0, "maximum": 50}}``), passed to
+        ``DaskTaskRunner(cluster_class=..., cluster_kwargs=..., adapt_kwargs=...)``.
         Default: ``os.environ["HALOFLOW_CLUSTER"]`` if set and no local-cluster
         option (``n_workers``, ``memory_limit``, ``**cluster_kwargs``) is given.
         Otherwise the flow run creates (and closes) its own
@@ -621,8 +625,13 @@ def make_task_runner(cluster: str | None = None, n_workers: int | None = None,
     if cluster:
         if local_options:
             raise ValueError("n_workers/memory_limit/cluster kwargs apply only to a local cluster, "
-                             f"not to the existing cluster at {cluster}")
-        return DaskTaskRunner(address=cluster)
+                             f"not to the cluster {cluster}")
+        if isinstance(cluster, str):
+            return DaskTaskRunner(address=cluster)
+        from flows.cluster import ClusterClass
+
+        made = cluster if isinstance(cluster, ClusterClass) else ClusterClass.model_validate(cluster)
+        return DaskTaskRunner(**made.runner_kwargs())
     env_address = os.environ.get(CLUSTER_ENV_VAR)
     if env_address and not local_options:
         return DaskTaskRunner(address=env_address)

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model,
+                      field_validator, model_validator)
 
+from flows.cluster import ClusterClass, check_address
 from imageops import all_params, get_op
-from tasks.axes import resolve_axes
+from tasks.axes import ImageAxes, resolve_axes
 from tasks.io import InputSpec
 
 
@@ -92,6 +94,20 @@ InputField = Union[
 ]
 
 
+def _cluster_form(value: Any) -> str:
+    return "cluster-address" if isinstance(value, str) else "cluster-class"
+
+
+#: The spec's ``cluster``: a scheduler address, or a cluster class made for the run.
+ClusterField = Annotated[
+    Union[
+        Annotated[Annotated[str, AfterValidator(check_address)], Tag("cluster-address")],
+        Annotated[ClusterClass, Tag("cluster-class")],
+    ],
+    Discriminator(_cluster_form),
+]
+
+
 class PipelineSpec(BaseModel):
     """A whole run: what to read, the steps, where to write."""
 
@@ -110,8 +126,20 @@ class PipelineSpec(BaseModel):
         description="The input's time axis; each time point is processed on its own. "
         "Default: as the input's OME metadata says.",
     )
-    steps: list[Step] = Field(min_length=1, title="Steps")
-    output: str = Field(title="Output folder")
+    steps: list[Step] = Field(
+        min_length=1, title="Steps",
+        description="The ops, in order; each reads the step before it (measure: the labels before it).",
+    )
+    output: str = Field(
+        title="Output folder",
+        description="Where each step's OME-Zarr store or CSV table and run.json go; created if missing.",
+    )
+    cluster: ClusterField | None = Field(
+        None, title="Dask cluster",
+        description="A scheduler address (tcp://host:port), or {class: dask_jobqueue.SLURMCluster, kwargs: {...}, "
+        "adapt: {minimum: 0, maximum: 50}}. haloflow run --cluster wins over it; it wins over HALOFLOW_CLUSTER. "
+        "Default: a local cluster.",
+    )
 
     @model_validator(mode="after")
     def _steps_fit_together(self):
@@ -137,21 +165,74 @@ def input_with_axes(spec: PipelineSpec, source: InputSpec) -> InputSpec:
     """The input with the channel and time axes it is processed by: the spec's fields, else its metadata's.
 
     Raises SpecError, naming the field, for an axis out of range, both fields
-    on one axis, 1 or more than 3 spatial axes left, or a ``measure`` step on
-    an image with a channel or time axis (not supported yet).
+    on one axis, 1 or more than 3 spatial axes left, or steps that do not fit
+    those axes (:func:`check_step_axes`).
     """
     try:
         axes = resolve_axes(source.shape, channel_axis=spec.channel_axis, time_axis=spec.time_axis, metadata=source.axes)
     except (TypeError, ValueError) as error:
         raise SpecError(str(error)) from None
-    if axes.split:
-        for index, step in enumerate(spec.steps):
-            if step.op == "measure":
-                raise SpecError(
-                    f"steps[{index}] (measure): measuring an image with a channel or time axis "
-                    f"(axes {''.join(axes.names)}, shape {source.shape}) is not supported yet"
-                )
+    check_step_axes(spec.steps, axes, source.shape)
     return replace(source, channel_axis=axes.channel, time_axis=axes.time)
+
+
+def check_step_axes(steps, axes: ImageAxes, shape: tuple[int, ...]) -> None:
+    """Refuse steps that do not fit the input's channel and time axes, before any work.
+
+    A ``channel`` step needs a channel axis and an index within it; after it
+    the image has no channel axis. A ``measure`` step needs labels with no
+    channel or time axis (a ``channel`` step before segmenting); its one
+    intensity image may have the channel axis (columns ``-0``, ``-1``, ...
+    per channel), but not a list of intensity images, nor a time axis.
+
+    >>> from imageops.catalog import ChannelParams
+    >>> check_step_axes([ChannelParams(index=2)], ImageAxes(3, channel=0), (2, 30, 40))
+    Traceback (most recent call last):
+    ...
+    flows.spec.SpecError: steps[0] (channel) index: 2 is out of range: the input has 2 channels (axis 0 of shape (2, 30, 40)); use 0 to 1
+    """
+    shape = tuple(shape)
+    named: dict[str, ImageAxes] = {"input": axes}
+    for index, step in enumerate(steps):
+        where = f"steps[{index}] ({step.op})"
+        described = f"axes {''.join(axes.names)}, shape {shape}"
+        if step.op == "channel":
+            if axes.channel is None:
+                raise SpecError(
+                    f"{where}: the image it gets has no channel axis ({described}); the input's channel axis comes "
+                    "from its OME metadata or the spec's channel_axis, and only one channel step can select from it"
+                )
+            count = shape[axes.channel]
+            if step.index >= count:
+                raise SpecError(
+                    f"{where} index: {step.index} is out of range: the input has {count} channels "
+                    f"(axis {axes.channel} of shape {shape}); use 0 to {count - 1}"
+                )
+            shape = shape[:axes.channel] + shape[axes.channel + 1:]
+            axes = axes.without_channel()
+        elif step.op == "measure":
+            _check_measure_axes(step, where, axes, described, named)
+        named.setdefault(step_name(step), axes)
+
+
+def _check_measure_axes(step, where: str, labels: ImageAxes, described: str, named: dict[str, ImageAxes]) -> None:
+    """A measure step's labels must be spatial; its one intensity image may have a channel axis."""
+    if labels.time is not None:
+        raise SpecError(f"{where}: measuring an image with a time axis ({described}) is not supported yet")
+    if labels.channel is not None:
+        raise SpecError(
+            f"{where}: its labels have a channel axis ({described}): segment one channel, with "
+            "{op: channel, index: N} before the steps that segment, then measure every channel with intensity: input"
+        )
+    for field, ref in step.intensity_refs():
+        axes = named[ref]
+        if axes.time is not None:
+            raise SpecError(f"{where} {field}: {ref!r} has a time axis (axes {''.join(axes.names)}); it cannot be measured")
+        if axes.channel is not None and isinstance(step.intensity, list):
+            raise SpecError(
+                f"{where} {field}: {ref!r} has a channel axis (axes {''.join(axes.names)}); in a list of intensity "
+                f"images its columns -0, -1, ... would be ambiguous: measure it on its own (intensity: {ref})"
+            )
 
 
 def check_steps(steps) -> None:
@@ -221,7 +302,7 @@ def describe_validation_error(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-_UNION_MEMBERS = ("str", "TileGrid", "ZarrInput")
+_UNION_MEMBERS = ("str", "TileGrid", "ZarrInput", "cluster-address", "cluster-class")
 
 
 def _location(loc, ops) -> str:

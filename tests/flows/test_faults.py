@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 import tifffile
+import yaml
 import zarr
 from scipy import ndimage as ndi
 
@@ -112,3 +116,69 @@ def test_refused_write_is_a_clear_error_and_nothing_looks_complete(tmp_path, mon
     assert {p: p.stat().st_mtime_ns for p in (out / "01_gaussian.ome.zarr").rglob("*") if p.is_file()} == gaussian_times
     for name, values in reference(image).items():
         np.testing.assert_allclose(stored(out, name), values, atol=1e-5 * float(np.ptp(values)) if values.dtype != bool else 0)
+
+
+def test_prefect_api_lost_mid_run_keeps_the_chunk_work_and_a_rerun_resumes(tmp_path):
+    """The Prefect server dies while a stage's chunks are being written: the run ends saying so, what was
+    written stays, and the same command run again resumes the stage from the blocks already written."""
+    from skimage.filters import threshold_otsu
+
+    from flows.runner import LocalServer
+
+    image = demo_volume((32, 128, 128), n_objects=60, seed=8)
+    source = tmp_path / "volume.tif"
+    tifffile.imwrite(source, image)
+    out = tmp_path / "out"
+    slow_steps = [{"op": "gaussian", "sigma": 1.0}, {"op": "median", "size": 7}, {"op": "threshold"}]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"input": str(source), "chunks": [16, 32, 32], "steps": slow_steps, "output": str(out)}))
+    command = [sys.executable, "-m", "flows.cli", "run", str(spec), "--workers", "1"]
+    median_store = out / "02_median.ome.zarr"
+    markers = median_store / ".haloflow-done"
+    total = 2 * 4 * 4
+
+    server = LocalServer.start(home=tmp_path / "prefect-home", ui=False, seed_database=True)
+    # Prefect's client retries a lost connection 5 times with backoff (minutes in all): once is enough here.
+    env = {**os.environ, "PREFECT_API_URL": server.api_url, "PREFECT_CLIENT_MAX_RETRIES": "1"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and first.poll() is None:
+            if markers.is_dir() and len(os.listdir(markers)) >= 4:
+                break
+            time.sleep(0.01)
+        assert first.poll() is None, "the run ended before the API could be taken away: " + first.stderr.read()[-2000:]
+        server.process.kill()  # the API is gone, abruptly, mid-stage
+        server.process.wait(timeout=30)
+        _, first_err = first.communicate(timeout=300)
+    finally:
+        server.stop()
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 1, first_err[-3000:]
+    last_lines = "\n".join(first_err.strip().splitlines()[-2:])
+    assert f"lost the Prefect API at {server.api_url}" in last_lines and "run the same command again" in last_lines
+    assert "Traceback" not in last_lines
+    # The chunk work written while (and after) the API went away is on disk; nothing unfinished looks complete.
+    kept = len([n for n in os.listdir(markers) if not n.endswith(".tmp")])
+    assert kept >= 4
+    assert io.is_complete(out / "01_gaussian.ome.zarr")
+    if kept < total:  # (with every block written, the stage may or may not have sealed its store before the end)
+        assert not io.is_complete(median_store)
+    assert not io.is_complete(out / "03_threshold.ome.zarr")
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)  # the session's API
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    record = {s["name"]: s for s in json.loads((out / "run.json").read_text())["stages"]}
+    assert record["01_gaussian"]["status"] == "cached"
+    median = record["02_median"]
+    if kept < total:
+        assert median["status"] == "resumed"
+        assert median["info"]["blocks"] == {"total": total, "reused": kept, "written": total - kept}
+    else:
+        assert median["status"] in ("cached", "resumed")
+        assert median["status"] == "cached" or median["info"]["blocks"]["written"] == 0
+    expected = ndi.median_filter(ndi.gaussian_filter(image.astype(np.float32), 1.0, mode="nearest"), size=7, mode="nearest")
+    np.testing.assert_array_equal(zarr.open_array(str(median_store), path="0", mode="r")[...], expected)
+    np.testing.assert_array_equal(stored(out, "03_threshold"), expected > threshold_otsu(expected))
+    print(f"API lost: {kept} of {total} median blocks kept; the rerun: {median['status']} {median['info'].get('blocks')}")
