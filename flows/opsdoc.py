@@ -1,9 +1,11 @@
-"""The op reference, made from the registry: ``haloflow ops`` and the README's op table.
+"""The op and spec references, made from the registry and the spec's model: ``haloflow ops`` and the README's tables.
 
 Every registered op with what it takes and gives, each parameter's type,
 bounds and default, and its one-line description (the first line of its
-parameters' docstring). The README holds the Markdown form between
-:data:`START` and :data:`END`; ``python -m flows.opsdoc README.md`` rewrites it.
+parameters' docstring); every field of a pipeline spec likewise. The README
+holds the Markdown forms between :data:`START` and :data:`END` (ops) and
+between :data:`SPEC_START` and :data:`SPEC_END` (spec fields);
+``python -m flows.opsdoc README.md`` rewrites both.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import typing
 from pathlib import Path
 
 import annotated_types
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from imageops import OPS
@@ -22,6 +25,8 @@ from imageops.registry import OpInfo
 
 START = "<!-- ops:start -->"
 END = "<!-- ops:end -->"
+SPEC_START = "<!-- spec:start -->"
+SPEC_END = "<!-- spec:end -->"
 
 
 def ops_reference(markdown: bool = False) -> str:
@@ -35,6 +40,22 @@ def ops_reference(markdown: bool = False) -> str:
     if markdown:
         return _markdown_table(OPS.values())
     return "\n\n".join(_text_entry(info) for info in OPS.values()) + "\n"
+
+
+def spec_reference() -> str:
+    """Every field of a pipeline spec (:class:`flows.spec.PipelineSpec`) as a Markdown table.
+
+    >>> print(spec_reference().splitlines()[2])
+    | `flow` | "large_image" or "batch", default "large_image" | Workflow. |
+    """
+    from flows.spec import PipelineSpec
+
+    lines = ["| field | type and default | description |", "| --- | --- | --- |"]
+    for name, field in PipelineSpec.model_fields.items():
+        kind = "list of steps, at least 1, required: each an op of the table below" if name == "steps" else describe_parameter(field)
+        about = ". ".join(part.rstrip(".") for part in (field.title, field.description) if part) + "."
+        lines.append("| " + " | ".join(_cell(c) for c in (f"`{name}`", kind, about)) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def describe_parameter(field: FieldInfo) -> str:
@@ -64,6 +85,10 @@ def describe_type(annotation) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is type(None):
         return "null"
+    if origin is typing.Annotated:
+        return describe_type(args[0]) + _bounds(annotation.__metadata__)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "{" + ", ".join(field.alias or name for name, field in annotation.model_fields.items()) + "}"
     if origin is typing.Literal:
         return _one_of([json.dumps(a) for a in args])
     if origin in (typing.Union, types.UnionType):
@@ -77,24 +102,24 @@ def describe_type(annotation) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def replace_block(text: str, block: str) -> str:
-    """``text`` with what lies between the :data:`START` and :data:`END` lines replaced by ``block``.
+def replace_block(text: str, block: str, start: str = START, end: str = END) -> str:
+    """``text`` with what lies between the `start` and `end` lines replaced by ``block``.
 
     >>> replace_block("a\\n<!-- ops:start -->\\nold\\n<!-- ops:end -->\\nb\\n", "new\\n")
     'a\\n<!-- ops:start -->\\nnew\\n<!-- ops:end -->\\nb\\n'
     """
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f"the text must hold one {START!r} line, then one {END!r} line")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{block}{END}{tail}"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"the text must hold one {start!r} line, then one {end!r} line")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{block}{end}{tail}"
 
 
-def read_block(text: str) -> str:
-    """What lies between the :data:`START` and :data:`END` lines of ``text``."""
-    if text.count(START) != 1 or text.count(END) != 1:
-        raise ValueError(f"the text must hold one {START!r} line and one {END!r} line")
-    return text.split(START, 1)[1].split(END, 1)[0].removeprefix("\n")
+def read_block(text: str, start: str = START, end: str = END) -> str:
+    """What lies between the `start` and `end` lines of ``text``."""
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise ValueError(f"the text must hold one {start!r} line and one {end!r} line")
+    return text.split(start, 1)[1].split(end, 1)[0].removeprefix("\n")
 
 
 def _markdown_table(infos) -> str:
@@ -146,6 +171,8 @@ def _bounds(metadata) -> str:
     low = high = ""
     extra = []
     for item in metadata:
+        if isinstance(item, FieldInfo):  # Annotated[int, Field(gt=0)]: its constraints
+            return _bounds(item.metadata)
         if isinstance(item, annotated_types.Gt):
             low = f"({item.gt}"
         elif isinstance(item, annotated_types.Ge):
@@ -185,13 +212,16 @@ def _cell(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.opsdoc README.md``: rewrite the op table between the markers of a Markdown file."""
+    """``python -m flows.opsdoc README.md``: rewrite the op table (and the spec table, if it has its markers)."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m flows.opsdoc FILE.md", file=sys.stderr)
         return 2
     path = Path(argv[0])
-    path.write_text(replace_block(path.read_text(), ops_reference(markdown=True)))
+    text = replace_block(path.read_text(), ops_reference(markdown=True))
+    if SPEC_START in text:
+        text = replace_block(text, spec_reference(), SPEC_START, SPEC_END)
+    path.write_text(text)
     return 0
 
 

@@ -49,6 +49,17 @@ def test_readme_op_table_is_the_generated_one():
     )
 
 
+def test_readme_spec_table_is_the_generated_one_and_lists_every_field():
+    from flows.opsdoc import SPEC_END, SPEC_START, spec_reference
+    from flows.spec import PipelineSpec
+
+    block = read_block(README.read_text(), SPEC_START, SPEC_END)
+    assert block == spec_reference(), "README.md's spec table is stale: regenerate it with `python -m flows.opsdoc README.md`"
+    rows = block.splitlines()[2:]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == [f"`{name}`" for name in PipelineSpec.model_fields]
+    assert "list of int > 0 or null, default null" in rows[list(PipelineSpec.model_fields).index("chunks")]
+
+
 def test_replace_block_keeps_the_text_around_the_markers():
     text = f"# title\n\n{START}\nold table\n{END}\n\nafter\n"
     assert replace_block(text, "new\n") == f"# title\n\n{START}\nnew\n{END}\n\nafter\n"
