@@ -15,11 +15,14 @@ count shared libraries once per process) and, for reference, the peak of the
 summed RSS (which does over-count them).  Also recorded: CPU seconds per
 process role, the sampler's own CPU, and the CPU used meanwhile by anything
 else on the machine (other sessions may share it; before each run the script
-waits, up to ``--quiet-wait`` seconds, for the machine to be idle).
+waits, up to ``--quiet-wait`` seconds, for the machine to be idle).  The
+measuring code is shared with the other benchmarks, in ``measure.py``.
 
 Runs made (in this order):
 
-* ``haloflow cold``: ``haloflow run SPEC.yaml`` with haloflow's caches
+* ``haloflow cold``: ``haloflow run --verbose SPEC.yaml`` (``--verbose``: the
+  timeline of the report is read from Prefect's own log lines, which a normal
+  run hides) with haloflow's caches
   (``HALOFLOW_CACHE_DIR``: the seed database the CLI copies into each run's
   Prefect home; ``HALOFLOW_PREFECT_HOME``: the Prefect home kept between runs
   by older versions of the CLI) pointed at new empty folders, i.e. what a
@@ -43,33 +46,24 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as _dt
-import json
 import os
-import platform
-import re
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
-from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import psutil
 import yaml
 
+from measure import (GIB, RunResult, compare_tables, cpu_by_role_table, describe_source, disturbance_checks,
+                     fmt_spread, haloflow_env, least_disturbed, machine, med, memory_by_role_table, per_step_lines,
+                     phase_table, read_json_line, run_haloflow, run_measured, sampling_note, save_runs, summary_line,
+                     versions, warning_lines, write_section)
+
 SECTION = "## Demo pipeline: haloflow vs scikit-image on the whole volume"
-GIB = 1024**3
-SLOW_EVERY = 4  # ticks between rescans of the process tree (and PSS / CPU-time reads)
-PSS_RSS_STEP = 2 * 2**20  # re-read a process's PSS when its RSS moved by more than this since the last read
-PSS_MAX_AGE = 1.0  # ... or when the last read is older than this (seconds)
 
 # The plain pipeline, on the whole volume in one process.
 SKIMAGE_SCRIPT = '''\
@@ -108,283 +102,21 @@ print(f"objects: {objects}")
 '''
 
 
-# --------------------------------------------------------------------------- measurement
-@dataclass
-class Sample:
-    t: float
-    rss: int
-    pss: int | None
-    uss: int | None
-    n: int
-
-
-@dataclass
-class RunResult:
-    label: str
-    argv: list[str]
-    returncode: int = 0
-    wall: float = 0.0
-    peak_pss: int = 0
-    peak_rss: int = 0
-    peak_uss: int = 0
-    max_procs: int = 0
-    n_samples: int = 0
-    mean_interval_ms: float = 0.0
-    lines: list[tuple[float, str, str]] = field(default_factory=list)  # (t since launch, stream, text)
-    events: dict[str, float] = field(default_factory=dict)
-    objects: int | None = None
-    extra: dict = field(default_factory=dict)
-
-    def text(self, stream: str | None = None) -> str:
-        return "\n".join(line for _, s, line in self.lines if stream is None or s == stream)
-
-
-def _tree(root: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return [root]
-
-
-def _cmdline(p: psutil.Process) -> str:
-    try:
-        return " ".join(p.cmdline())
-    except psutil.Error:
-        return ""
-
-
-def _role(p: psutil.Process, root: psutil.Process, server: psutil.Process | None) -> str:
-    if p.pid == root.pid:
-        return "main"
-    if server is not None and p.pid == server.pid:
-        return "prefect server"
-    cmd = _cmdline(p)
-    if "server start" in cmd:
-        return "prefect server"
-    if "resource_tracker" in cmd:
-        return "other"
-    if "spawn" in cmd or "distributed" in cmd:
-        return "dask workers"
-    return "other"
-
-
-def system_busy() -> float:
-    """CPU seconds the whole machine has spent busy (all cores) since boot."""
-    t = psutil.cpu_times()
-    return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
-
-
-def wait_quiet(max_wait: float, threshold: float = 0.1) -> tuple[float, float]:
-    """Wait (at most ``max_wait`` s) until the machine is nearly idle over one second.
-
-    Returns (seconds waited, busy fraction of all cores in the last second).
-    Other sessions share this machine; their test runs would distort ours.
-    """
-    started = time.monotonic()
-    ncpu = psutil.cpu_count() or 1
-    while True:
-        b0 = system_busy()
-        time.sleep(1.0)
-        frac = (system_busy() - b0) / ncpu
-        waited = time.monotonic() - started
-        if frac < threshold or waited >= max_wait:
-            return waited, frac
-
-
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy for 127.0.0.1
-
-
-def _healthy(port: str) -> bool:
-    try:
-        with _OPENER.open(f"http://127.0.0.1:{port}/api/health", timeout=0.5) as resp:
-            return resp.status == 200
-    except Exception:
-        return False
-
-
-def run_measured(label: str, argv: list[str], *, env: dict[str, str], cwd: Path, interval: float,
-                 log_dir: Path, watch_prefect: bool = False, quiet_wait: float = 0.0) -> RunResult:
-    """Run ``argv``; sample the memory of its process tree until it exits."""
-    res = RunResult(label, argv)
-    if quiet_wait > 0:
-        waited, frac = wait_quiet(quiet_wait)
-        res.extra["quiet_wait_s"] = waited
-        res.extra["busy_before"] = frac
-    busy0 = system_busy()
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, bufsize=1)
-    root = psutil.Process(proc.pid)
-
-    def reader(stream, name):
-        for line in stream:
-            res.lines.append((time.perf_counter() - start, name, line.rstrip("\n")))
-        stream.close()
-
-    readers = [threading.Thread(target=reader, args=(proc.stdout, "out"), daemon=True),
-               threading.Thread(target=reader, args=(proc.stderr, "err"), daemon=True)]
-    for th in readers:
-        th.start()
-
-    samples: list[Sample] = []
-    seen: set[int] = set()
-    cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, user+system seconds so far)
-    own_cpu = time.process_time()
-    server: psutil.Process | None = None
-    server_port: str | None = None
-    procs: list[psutil.Process] = [root]
-    pss_state: dict[int, tuple[int, int, int, float]] = {}  # pid -> (rss, pss, uss, t) at its last PSS read
-    pss_reads = 0
-    peak_pss, roles_at_peak = 0, {}
-    tick = 0
-    next_at = time.perf_counter()
-    while True:
-        now = time.perf_counter() - start
-        slow = tick % SLOW_EVERY == 0  # tree rescan and CPU times: every SLOW_EVERY ticks
-        if slow:
-            procs = _tree(root)
-        alive, rss_of = [], []
-        for p in procs:
-            try:
-                rss_of.append(p.memory_info().rss)
-                alive.append(p)
-            except psutil.Error:
-                continue
-        rss = sum(rss_of)
-        # PSS (smaps_rollup) costs 0.5-2 ms per large process, RSS almost nothing.  A process's PSS is
-        # re-read when its RSS moved by more than PSS_RSS_STEP since the last read, or PSS_MAX_AGE s
-        # ago; in between, PSS = RSS now - (RSS - PSS at the last read): the shared-page discount
-        # changes only when shared mappings do.
-        pss = uss = 0
-        by_role_now: dict[str, int] = {}
-        for p, r in zip(alive, rss_of):
-            last = pss_state.get(p.pid)
-            if last is None or abs(r - last[0]) > PSS_RSS_STEP or now - last[3] > PSS_MAX_AGE:
-                try:
-                    m = p.memory_full_info()
-                except psutil.Error:
-                    continue
-                last = pss_state[p.pid] = (m.rss, m.pss, m.uss, now)
-                pss_reads += 1
-            pss += r - (last[0] - last[1])
-            uss += r - (last[0] - last[2])
-            role = cpu[p.pid][0] if p.pid in cpu else ("main" if p.pid == root.pid else "other")
-            by_role_now[role] = by_role_now.get(role, 0) + r - (last[0] - last[1])
-        if pss > peak_pss:
-            peak_pss, roles_at_peak = pss, by_role_now
-        if slow:
-            for p in alive:
-                try:
-                    ct = p.cpu_times()
-                    role = cpu[p.pid][0] if p.pid in cpu else _role(p, root, server)
-                    cpu[p.pid] = (role, ct.user + ct.system)
-                except psutil.Error:
-                    pass
-                if watch_prefect and p.pid not in seen:
-                    seen.add(p.pid)
-                    cmd = _cmdline(p)
-                    if server is None and "server start" in cmd:
-                        server = p
-                        res.events["server_spawned"] = now
-                    elif ("distributed" in cmd or "multiprocessing" in cmd) and "dask_first_process" not in res.events:
-                        res.events["dask_first_process"] = now
-        samples.append(Sample(now, rss, pss, uss, len(alive)))
-        if watch_prefect and server is not None and "server_healthy" not in res.events and tick % 2 == 0:  # 50 ms resolution
-            if server_port is None:
-                try:
-                    server_port = server.environ().get("PREFECT_SERVER_API_PORT")
-                except psutil.Error:
-                    pass
-            if server_port and _healthy(server_port):
-                res.events["server_healthy"] = time.perf_counter() - start
-        if watch_prefect and server is not None and "server_gone" not in res.events and slow and not server.is_running():
-            res.events["server_gone"] = time.perf_counter() - start
-        if proc.poll() is not None:
-            break
-        tick += 1
-        next_at += interval
-        time.sleep(max(0.0, next_at - time.perf_counter()))
-    res.wall = time.perf_counter() - start
-    res.returncode = proc.wait()
-    res.extra["monitor_cpu_s"] = time.process_time() - own_cpu
-    res.extra["machine_busy_s"] = system_busy() - busy0
-    by_role: dict[str, float] = {}
-    for role, seconds in cpu.values():
-        by_role[role] = by_role.get(role, 0.0) + seconds
-    res.extra["cpu_s"] = by_role
-    # CPU used by everything else on the machine meanwhile (other users' work), in cores.
-    background = res.extra["machine_busy_s"] - sum(by_role.values()) - res.extra["monitor_cpu_s"]
-    res.extra["background_cores"] = max(0.0, background) / res.wall
-    for th in readers:
-        th.join(timeout=10)
-    res.peak_rss = max(s.rss for s in samples)
-    res.peak_pss = max(s.pss for s in samples if s.pss is not None)
-    res.peak_uss = max(s.uss for s in samples if s.uss is not None)
-    res.extra["pss_reads"] = pss_reads
-    res.extra["pss_at_peak_by_role"] = roles_at_peak
-    res.max_procs = max(s.n for s in samples)
-    res.n_samples = len(samples)
-    if len(samples) > 1:
-        res.mean_interval_ms = 1e3 * (samples[-1].t - samples[0].t) / (len(samples) - 1)
-    log = log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}.log"
-    log.write_text("\n".join(f"{t:8.3f} {s} | {line}" for t, s, line in sorted(res.lines)) + "\n")
-    res.extra["log"] = str(log)
-    if res.returncode != 0:
-        print(f"!! {label} exited with {res.returncode}; log in {log}\n{res.text('err')[-3000:]}", file=sys.stderr)
-    return res
-
-
 # --------------------------------------------------------------------------- the two sides
 def haloflow_run(label: str, tiff: Path, work: Path, args, cold_cache: Path | None) -> RunResult:
     from flows.demo import demo_spec
 
     out = work / f"out_{label.replace(' ', '_')}"
-    shutil.rmtree(out, ignore_errors=True)
     spec_path = work / f"spec_{label.replace(' ', '_')}.yaml"
     spec_path.write_text(yaml.safe_dump(demo_spec(str(tiff), str(out)), sort_keys=False))
-    env = dict(os.environ)
-    env.pop("PREFECT_API_URL", None)
-    for name in ("HALOFLOW_CACHE_DIR", "HALOFLOW_PREFECT_HOME"):
-        env.pop(name, None)
-    if cold_cache is not None:
-        shutil.rmtree(cold_cache, ignore_errors=True)
-        env["HALOFLOW_CACHE_DIR"] = str(cold_cache / "cache")
-        env["HALOFLOW_PREFECT_HOME"] = str(cold_cache / "prefect-home")
-    if args.haloflow_src:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.haloflow_src), env.get("PYTHONPATH")]))
-    exe = shutil.which("haloflow") or "haloflow"
-    res = run_measured(label, [exe, "run", str(spec_path)], env=env, cwd=work, interval=args.interval_ms / 1e3,
-                       log_dir=work, watch_prefect=True, quiet_wait=args.quiet_wait)
-    res.extra["spec"] = str(spec_path)
-    res.extra["out"] = str(out)
-    run_json = out / "run.json"
-    if run_json.is_file():
-        record = json.loads(run_json.read_text())
-        res.extra["stages"] = {s["name"]: s["seconds"] for s in record["stages"]}
-        res.extra["statuses"] = {s["name"]: s["status"] for s in record["stages"]}
-        for s in record["stages"]:
-            if s["name"] == "03_label":
-                res.objects = (s.get("info") or {}).get("objects")
+    env = haloflow_env(cold_cache, args.haloflow_src)
+    res = run_haloflow(label, spec_path, out, cwd=work, interval=args.interval_ms / 1e3,
+                       quiet_wait=args.quiet_wait, env=env)
     table = out / "04_measure.csv"
     if table.is_file():
         with open(table) as f:
             res.extra["csv_rows"] = sum(1 for _ in f) - 1
         res.extra["csv"] = str(table)
-    m = re.search(r"haloflow: done in ([0-9.]+) s", res.text("out"))
-    if m:
-        res.extra["done_in"] = float(m.group(1))
-    # Timeline from the run's own (timestamped on arrival) output.
-    for t, _, line in res.lines:
-        if "Beginning flow run" in line:
-            res.events.setdefault("flow_begins", t)
-        elif "Creating a new Dask cluster" in line:
-            res.events.setdefault("cluster_create", t)
-        elif "Task run '01_" in line or "The Dask dashboard is available" in line:
-            res.events.setdefault("cluster_ready", t)
-        if re.search(r"Flow run '.*' - Finished in state", line):
-            res.events.setdefault("flow_finished", t)
-        if line.startswith("haloflow: done in"):
-            res.events.setdefault("summary_printed", t)
     return res
 
 
@@ -398,113 +130,27 @@ def skimage_run(label: str, tiff: Path, work: Path, args) -> RunResult:
                        interval=args.interval_ms / 1e3, log_dir=work, quiet_wait=args.quiet_wait)
     res.extra["out"] = str(out)
     res.extra["csv"] = str(out / "measure.csv")
-    for line in res.text("out").splitlines():
-        if line.startswith("{"):
-            info = json.loads(line)
-            res.objects = info["objects"]
-            res.extra["steps"] = info["seconds"]
-            res.extra["labels_dtype"] = info["labels_dtype"]
-            res.extra["threshold"] = info["threshold"]
+    info = read_json_line(res)
+    if info:
+        res.objects = info["objects"]
+        res.extra["steps"] = info["seconds"]
+        res.extra["labels_dtype"] = info["labels_dtype"]
+        res.extra["threshold"] = info["threshold"]
     return res
 
 
-def compare_tables(a: str, b: str) -> str:
-    """Compare two regionprops tables up to a permutation of the labels."""
-    import numpy as np
-
-    def load(path):
-        with open(path) as f:
-            rows = list(csv.DictReader(f))
-        cols = ["area", "centroid-0", "centroid-1", "centroid-2", "intensity_mean"]
-        arr = np.array([[float(r[c]) for c in cols] for r in rows]).reshape(-1, len(cols))
-        return arr[np.lexsort(arr[:, ::-1].T)] if len(arr) else arr
-
-    try:
-        x, y = load(a), load(b)
-    except (OSError, KeyError, ValueError) as exc:
-        return f"could not compare ({exc})"
-    if x.shape != y.shape:
-        return f"different row counts ({len(x)} vs {len(y)})"
-    if not len(x):
-        return "both empty"
-    diff = np.abs(x - y)
-    rel = diff / np.maximum(np.abs(y), 1e-12)
-    ok = np.allclose(x, y, rtol=1e-6, atol=1e-6)
-    return (("equal" if ok else "DIFFERENT") + f" (sorted rows; max abs diff {diff.max():.3g}, max rel diff {rel.max():.3g})")
-
-
 # --------------------------------------------------------------------------- reporting
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("numpy", "scipy", "scikit-image", "dask", "distributed", "prefect", "prefect-dask",
-                 "tifffile", "zarr", "psutil", "haloflow"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "-"
-    return out
-
-
-def _describe_source(source: Path) -> str:
-    """Where the haloflow that ran came from, with its git commit when it is a checkout."""
-    text = f"`{source}`"
-    try:
-        head = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode == 0:
-            dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
-            text += f" (git {head.stdout.strip()}{', with uncommitted changes' if dirty else ''})"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return text
-
-
-def _machine() -> str:
-    mem = psutil.virtual_memory().total / GIB
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"nproc {os.cpu_count()}, memory {mem:.1f} GiB, {platform.system()} {platform.release()}"
-            + (f", {cpu}" if cpu else ""))
-
-
-def _med(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def _fmt_spread(values: list[float], fmt: str) -> str:
-    text = format(_med(values), fmt)
-    if len(values) > 1:
-        text += f" ({format(min(values), fmt)}–{format(max(values), fmt)})"
-    return text
-
-
 def build_report(args, shape, command: str, setup: dict, groups: dict[str, list[RunResult]],
                  checks: list[str]) -> str:
     base = groups["scikit-image / SciPy (one process)"]
-    base_wall = _med([r.wall for r in base])
-    base_pss = _med([r.peak_pss for r in base])
+    base_wall = med([r.wall for r in base])
+    base_pss = med([r.peak_pss for r in base])
     lines = []
     lines.append(f"Run on {setup['date']} with:\n\n```bash\n{command}\n```\n")
     lines.append(f"Volume {'x'.join(map(str, shape))} uint16 ({setup['volume_mib']:.0f} MiB), generated with "
                  f"`flows.demo.write_demo_tiff` in {setup['gen_s']:.1f} s; spec from `flows.demo.demo_spec` "
                  f"(chunks {setup['chunks']}). Repeats: {args.repeat} (median, with min–max when more than one). "
-                 f"Memory of the whole process tree (the process and all its descendants, found again every "
-                 f"{SLOW_EVERY} samples) sampled every {args.interval_ms:g} ms (achieved: "
-                 f"{_med([r.mean_interval_ms for rs in groups.values() for r in rs]):.0f} ms median): RSS on every "
-                 f"sample; each process's PSS is read again when its RSS moved by more than "
-                 f"{PSS_RSS_STEP / 2**20:g} MiB or {PSS_MAX_AGE:g} s after its last read, and in between taken as its "
-                 f"RSS minus the shared-page discount (RSS − PSS) of that last read. "
-                 f"Runs alternate; "
-                 f"before each, the script waits (up to {args.quiet_wait:g} s) for the machine to be idle, since other "
-                 f"work may share it: the last column is the CPU used meanwhile by everything outside the measured "
-                 f"tree and the sampler, in cores (this machine has {os.cpu_count()}).\n")
+                 + sampling_note(args.interval_ms, args.quiet_wait, groups) + "\n")
     lines.append("| what | wall s | peak tree memory GiB (sum of PSS) | peak sum of RSS GiB | objects | ratio to scikit-image (wall / memory) | other load on the machine, cores |")
     lines.append("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
     for what, runs in groups.items():
@@ -512,81 +158,16 @@ def build_report(args, shape, command: str, setup: dict, groups: dict[str, list[
         pss = [r.peak_pss / GIB for r in runs]
         rss = [r.peak_rss / GIB for r in runs]
         objs = sorted({r.objects for r in runs}, key=str)
-        ratio = f"{_med(walls) / base_wall:.1f}× / {_med([r.peak_pss for r in runs]) / base_pss:.2f}×"
-        lines.append(f"| {what} | {_fmt_spread(walls, '.1f')} | {_fmt_spread(pss, '.2f')} | "
-                     f"{_fmt_spread(rss, '.2f')} | {', '.join(map(str, objs))} | {ratio} | "
-                     f"{_fmt_spread([r.extra.get('background_cores', 0.0) for r in runs], '.2f')} |")
+        ratio = f"{med(walls) / base_wall:.1f}× / {med([r.peak_pss for r in runs]) / base_pss:.2f}×"
+        lines.append(f"| {what} | {fmt_spread(walls, '.1f')} | {fmt_spread(pss, '.2f')} | "
+                     f"{fmt_spread(rss, '.2f')} | {', '.join(map(str, objs))} | {ratio} | "
+                     f"{fmt_spread([r.extra.get('background_cores', 0.0) for r in runs], '.2f')} |")
     lines.append("")
 
-    # Where haloflow's time goes.
-    lines.append("Where the haloflow wall time goes (seconds per phase, medians; the phases add up to the wall time). "
-                 "Phase ends come from the process tree (the `prefect server start` child appearing), from polling "
-                 "that server's `/api/health`, and from the run's own log lines, timestamped as they arrive:\n")
-    lines.append("| haloflow run | CLI start → server spawned | Prefect server start-up (spawn → /api/health 200) | "
-                 "health → flow run begins | flow begins → Dask cluster ready | stages (sum of run.json seconds) | "
-                 "rest of the flow (task overhead, record, cluster close) | flow finished → process exit | wall | "
-                 "CLI's own `done in` |")
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for what, runs in groups.items():
-        if not what.startswith("haloflow"):
-            continue
-
-        def span(a, b):
-            vals = [r.events[b] - r.events[a] for r in runs if a in r.events and b in r.events]
-            return f"{_med(vals):.1f}" if vals else "?"
-
-        def start_to(b):
-            vals = [r.events[b] for r in runs if b in r.events]
-            return f"{_med(vals):.1f}" if vals else "?"
-
-        stages = [sum(r.extra.get("stages", {}).values()) for r in runs]
-        rest = [r.events["flow_finished"] - r.events["cluster_ready"] - sum(r.extra.get("stages", {}).values())
-                for r in runs if "flow_finished" in r.events and "cluster_ready" in r.events]
-        done = [r.extra["done_in"] for r in runs if "done_in" in r.extra]
-        lines.append(f"| {what} | {start_to('server_spawned')} | {span('server_spawned', 'server_healthy')} | "
-                     f"{span('server_healthy', 'flow_begins')} | {span('flow_begins', 'cluster_ready')} | "
-                     f"{_med(stages):.1f} | {(f'{_med(rest):.1f}' if rest else '?')} | "
-                     f"{span('flow_finished', 'exit')} | {_med([r.wall for r in runs]):.1f} | "
-                     f"{(f'{_med(done):.1f}' if done else '?')} |")
-    lines.append("")
-    lines.append("Peak tree memory (PSS, GiB, medians) split by process, at the sample where the sum peaked:\n")
-    lines.append("| run | main process | Prefect server | Dask worker processes | other | total |")
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for what, runs in groups.items():
-        def mem(name):
-            return _med([r.extra.get("pss_at_peak_by_role", {}).get(name, 0) for r in runs]) / GIB
-        lines.append(f"| {what} | {mem('main'):.2f} | {mem('prefect server'):.2f} | {mem('dask workers'):.2f} | "
-                     f"{mem('other'):.2f} | {_med([r.peak_pss for r in runs]) / GIB:.2f} |")
-    lines.append("")
-    lines.append("CPU seconds (user + system, medians) by process, read from the same samples (a process's last "
-                 "sample before it exits; this machine has 2 cores), and the CPU the sampler itself used:\n")
-    lines.append("| run | main process | Prefect server | Dask worker processes | other | total | CPU / wall | sampler CPU |")
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for what, runs in groups.items():
-        def role(name):
-            return _med([r.extra.get("cpu_s", {}).get(name, 0.0) for r in runs])
-        total = _med([sum(r.extra.get("cpu_s", {}).values()) for r in runs])
-        lines.append(f"| {what} | {role('main'):.1f} | {role('prefect server'):.1f} | {role('dask workers'):.1f} | "
-                     f"{role('other'):.1f} | {total:.1f} | {total / _med([r.wall for r in runs]):.2f} | "
-                     f"{_med([r.extra.get('monitor_cpu_s', 0.0) for r in runs]):.1f} |")
-    lines.append("")
-    per_stage = {}
-    for what, runs in groups.items():
-        if what.startswith("haloflow"):
-            for r in runs:
-                for k, v in r.extra.get("stages", {}).items():
-                    per_stage.setdefault(what, {}).setdefault(k, []).append(v)
-    sk_steps: dict[str, list[float]] = {}
-    for r in base:
-        for k, v in r.extra.get("steps", {}).items():
-            sk_steps.setdefault(k, []).append(v)
-    if per_stage or sk_steps:
-        lines.append("Per step (seconds, median): ")
-        for what, stages in per_stage.items():
-            lines.append(f"- {what}: " + ", ".join(f"{k} {_med(v):.1f}" for k, v in stages.items()))
-        if sk_steps:
-            lines.append("- scikit-image / SciPy: " + ", ".join(f"{k} {_med(v):.2f}" for k, v in sk_steps.items()))
-        lines.append("")
+    lines += phase_table({what: runs for what, runs in groups.items() if what.startswith("haloflow")})
+    lines += memory_by_role_table(groups)
+    lines += cpu_by_role_table(groups)
+    lines += per_step_lines(groups)
     lines.append("Checks:\n")
     lines.extend(f"- {c}" for c in checks)
     lines.append("")
@@ -595,22 +176,6 @@ def build_report(args, shape, command: str, setup: dict, groups: dict[str, list[
     lines.append(f"Machine: {setup['machine']}.  ")
     lines.append(f"haloflow source: {setup['source']}.\n")
     return "\n".join(lines)
-
-
-def write_markdown(path: Path, body: str) -> None:
-    section = f"{SECTION}\n\n{body.rstrip()}\n"
-    if path.exists():
-        text = path.read_text()
-        start = text.find(SECTION)
-        if start >= 0:
-            nxt = re.search(r"^## ", text[start + len(SECTION):], flags=re.M)
-            end = start + len(SECTION) + nxt.start() if nxt else len(text)
-            text = text[:start] + section + ("\n" + text[end:] if nxt else "")
-        else:
-            text = text.rstrip() + "\n\n" + section
-    else:
-        text = "# Benchmarks\n\n" + section
-    path.write_text(text)
 
 
 # --------------------------------------------------------------------------- main
@@ -676,45 +241,29 @@ def main(argv: list[str] | None = None) -> int:
             "gen_s": gen_s,
             "volume_mib": tiff.stat().st_size / 2**20,
             "chunks": demo_spec(str(tiff), "x")["chunks"],
-            "versions": _versions(),
-            "machine": _machine(),
-            "source": commit_note or _describe_source(source),
+            "versions": versions(),
+            "machine": machine(),
+            "source": commit_note or describe_source(source),
         }
         print(f"volume {shape} written in {gen_s:.1f} s ({setup['volume_mib']:.0f} MiB)")
-
-        def show(r: RunResult):
-            print(f"  {r.label:<20} rc {r.returncode}  wall {r.wall:6.1f} s  peak PSS {r.peak_pss / GIB:5.2f} GiB"
-                  f"  RSS-sum {r.peak_rss / GIB:5.2f} GiB  procs {r.max_procs:2d}  objects {r.objects}"
-                  f"  ({r.n_samples} samples, {r.mean_interval_ms:.0f} ms)  other load {r.extra['background_cores']:.2f} cores"
-                  f" (waited {r.extra.get('quiet_wait_s', 0):.0f} s)", flush=True)
 
         groups: dict[str, list[RunResult]] = {}
         all_runs: list[RunResult] = []
         discarded: list[RunResult] = []
 
         def quiet(make, label: str) -> RunResult:
-            """Run; if other work on the machine used more than --max-other-load cores meanwhile, run again
-            (at most --retries times) and keep the least disturbed run."""
-            tried = []
-            for attempt in range(args.retries + 1):
-                r = make(label if attempt == 0 else f"{label} retry {attempt}")
-                show(r)
-                tried.append(r)
-                if r.extra["background_cores"] <= args.max_other_load:
-                    break
-            best = min(tried, key=lambda x: x.extra["background_cores"])
-            discarded.extend(x for x in tried if x is not best)
-            return best
+            return least_disturbed(make, label, max_other_load=args.max_other_load, retries=args.retries,
+                                   discarded=discarded)
 
         if not args.no_cold:
             r = quiet(lambda lb: haloflow_run(lb, tiff, work, args, cold_cache=work / "cold-cache"), "haloflow cold")
             groups["haloflow run, cold (first ever run: empty haloflow cache)"] = [r]
             all_runs.append(r)
         r = haloflow_run("haloflow warm-up", tiff, work, args, cold_cache=None)
-        show(r)
+        print(summary_line(r), flush=True)
         all_runs.append(r)
         r = skimage_run("skimage warm-up", tiff, work, args)
-        show(r)
+        print(summary_line(r), flush=True)
         all_runs.append(r)
         warm, plain = [], []
         for i in range(args.repeat):
@@ -727,15 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in runs:
                 r.events["exit"] = r.wall
 
-        checks = []
-        if discarded:
-            checks.append(f"runs made again because other work used more than {args.max_other_load:g} cores meanwhile "
-                          f"(not in the tables): " + ", ".join(
-                              f"{r.label} ({r.wall:.1f} s, other load {r.extra['background_cores']:.2f})" for r in discarded))
-        noisy = [r for rs in groups.values() for r in rs if r.extra["background_cores"] > args.max_other_load]
-        if noisy:
-            checks.append("still disturbed after the retries (kept the least disturbed run): "
-                          + ", ".join(f"{r.label} (other load {r.extra['background_cores']:.2f})" for r in noisy))
+        checks = disturbance_checks(groups, discarded, args.max_other_load)
         failed = [r.label for r in all_runs + discarded if r.returncode != 0]
         checks.append("all runs exited 0" if not failed else f"FAILED runs: {', '.join(failed)}")
         counts = {r.label: r.objects for r in all_runs}
@@ -752,12 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         if plain[0].extra.get("labels_dtype"):
             checks.append(f"scikit-image labels dtype {plain[0].extra['labels_dtype']} (written as a TIFF; haloflow writes "
                           f"uint32 OME-Zarr stores for every step)")
-        warn = []
-        for r in all_runs:
-            n = sum(1 for _, _, line in r.lines if re.search(r"warn|error|exception|traceback", line, re.I))
-            if n:
-                warn.append(f"{r.label} {n}")
-        checks.append("output lines mentioning warning/error/exception: " + (", ".join(warn) if warn else "none"))
+        checks.append(warning_lines(all_runs))
         checks.append(f"largest process tree seen: haloflow {max(r.max_procs for r in all_runs if r.label.startswith('haloflow'))} "
                       f"processes, scikit-image {max(r.max_procs for r in all_runs if r.label.startswith('skimage'))}")
 
@@ -765,12 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(report)
         (work / "report.md").write_text(report)
-        (work / "runs.json").write_text(json.dumps([
-            {"label": r.label, "argv": r.argv, "rc": r.returncode, "wall": r.wall, "peak_pss": r.peak_pss,
-             "peak_rss": r.peak_rss, "peak_uss": r.peak_uss, "max_procs": r.max_procs, "objects": r.objects,
-             "events": r.events, "extra": r.extra} for r in all_runs], indent=1))
+        save_runs(work / "runs.json", all_runs, groups)
         if args.markdown:
-            write_markdown(args.markdown, report)
+            write_section(args.markdown, SECTION, report)
             print(f"section written to {args.markdown}")
         return 0 if not failed and same else 1
     finally:
