@@ -646,6 +646,7 @@ def make_task_runner(cluster: str | Any | None = None, n_workers: int | None = N
         # already in use"): a random loopback port instead.
         "dashboard_address": None,
         "scheduler_kwargs": {"dashboard_address": f"{_LOOPBACK}:0"},
+        "preload": ["flows.worker_preload"],  # imports done while the cluster starts, not at the first task
     }
     if memory_limit is not None:
         kwargs["memory_limit"] = memory_limit

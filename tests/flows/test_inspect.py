@@ -87,3 +87,14 @@ def test_bar_chart_marks_the_threshold():
     assert red.any() and not ((plain[..., 0] > 180) & (plain[..., 1] < 80) & (plain[..., 2] < 80)).any()
     with pytest.raises(ValueError, match="edges"):
         bar_chart(counts, edges[:-1], title="t", xlabel="x", ylabel="y")
+
+
+def test_readme_shows_the_demo_previews_committed_in_docs_images():
+    """The README's worked example shows previews that `haloflow inspect` writes for the demo, committed as PNGs."""
+    project = Path(__file__).resolve().parents[2]
+    readme = (project / "README.md").read_text()
+    shown = sorted(name for name in PREVIEWS if f"docs/images/demo_{name})" in readme)
+    assert shown == ["01_gaussian.png", "02_threshold_histogram.png", "03_label_overlay.png", "04_measure_sizes.png"]
+    for name in shown:
+        with Image.open(project / "docs" / "images" / f"demo_{name}") as picture:
+            assert picture.format == "PNG" and min(picture.size) >= 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import urllib.request
@@ -117,6 +118,9 @@ def test_make_task_runner_local_cluster_settings(monkeypatch):
     assert kw["processes"] is True and kw["host"] == "127.0.0.1"
     assert kw["dashboard_address"] is None and kw["memory_limit"] == "1GiB"
     assert make_task_runner().cluster_kwargs["n_workers"] == (os.cpu_count() or 1)
+    # Workers import what a stage needs as they start, not when the first stage task lands.
+    assert kw["preload"] == ["flows.worker_preload"]
+    assert importlib.import_module("flows.worker_preload")
 
 
 def test_make_task_runner_address_and_env_default(monkeypatch):
