@@ -138,8 +138,9 @@ def test_prefect_api_lost_mid_run_keeps_the_chunk_work_and_a_rerun_resumes(tmp_p
     total = 2 * 4 * 4
 
     server = LocalServer.start(home=tmp_path / "prefect-home", ui=False, seed_database=True)
-    # Prefect's client retries a lost connection 5 times with backoff (minutes in all): once is enough here.
-    env = {**os.environ, "PREFECT_API_URL": server.api_url, "PREFECT_CLIENT_MAX_RETRIES": "1"}
+    # Prefect's client retries a lost connection 5 times with backoff (minutes in all); the server is
+    # gone for good here, so no client retries (the stage task's own retries still run).
+    env = {**os.environ, "PREFECT_API_URL": server.api_url, "PREFECT_CLIENT_MAX_RETRIES": "0"}
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
