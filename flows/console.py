@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from flows.progress import Progress
 
-__all__ = ["Console", "PLAIN_EVERY", "format_duration", "stage_line", "tame_logs"]
+__all__ = ["Console", "PLAIN_EVERY", "format_duration", "short_number", "stage_line", "tame_logs"]
 
 #: Seconds between progress lines when the output is not a terminal.
 PLAIN_EVERY = 10.0
@@ -200,7 +200,7 @@ def stage_line(entry: dict[str, Any], rate: float | None = None) -> str:
         reused = len(entry["images"]) - len(computed) - len(failed)
         found[-1] += f" ({len(computed)} computed, {reused} reused" + (f", {len(failed)} failed)" if failed else ")")
     if "threshold" in info:
-        found.append(f"threshold {_number(info['threshold'])}")
+        found.append(f"threshold {short_number(info['threshold'])}")
     if "objects" in info:
         found.append(_count(info["objects"], "object"))
     if "rows" in info:
@@ -228,16 +228,16 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _number(value) -> str:
+def short_number(value) -> str:
     """A value of the run record, short: ``6`` significant digits; lists (one per channel) as ``[a, b]``.
 
-    >>> _number([1.23456789, 2]), _number(None)
+    >>> short_number([1.23456789, 2]), short_number(None)
     ('[1.23457, 2]', '')
     """
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_number(v) for v in value) + "]"
+        return "[" + ", ".join(short_number(v) for v in value) + "]"
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 

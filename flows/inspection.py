@@ -31,6 +31,7 @@ import dask.array as da
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from flows.console import short_number
 from tasks import io
 from tasks.preview import label_colours, png_bytes, to_rgb
 from tasks.reference import ArrayRef
@@ -117,7 +118,7 @@ def _stage_row(stage: dict[str, Any]) -> list[str]:
     stats = info.get("stats") or {}
     found = []
     if "threshold" in info:
-        found.append(f"threshold {_number(info['threshold'])}")
+        found.append(f"threshold {short_number(info['threshold'])}")
     if "objects" in info:
         found.append(f"{info['objects']} objects")
     if "rows" in info:
@@ -133,25 +134,12 @@ def _stage_row(stage: dict[str, Any]) -> list[str]:
         shape = "x".join(str(n) for n in ref.get("shape", [])) or "?"
         dtype = ref.get("dtype", "?")
     return [stage.get("name", "?"), stage.get("op", "?"), stage.get("status", "?"), f"{stage.get('seconds', 0.0):.1f}",
-            shape, dtype, _number(stats.get("min")), _number(stats.get("max")), _number(stats.get("mean")), "; ".join(found)]
+            shape, dtype, short_number(stats.get("min")), short_number(stats.get("max")), short_number(stats.get("mean")), "; ".join(found)]
 
 
 def _align(rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-
-
-def _number(value) -> str:
-    """A value of the run record, short: ``6`` significant digits; lists (one per channel) as ``[a, b]``.
-
-    >>> _number([1.23456789, 2]), _number(None)
-    ('[1.23457, 2]', '')
-    """
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_number(v) for v in value) + "]"
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _describe_input(value) -> str:
@@ -216,7 +204,7 @@ def _previews(target: Path, stages: list[dict[str, Any] | None], source, plane: 
             before = _open(upstream)
             if before is not None:
                 counts, edges = histogram(before)
-                chart = bar_chart(counts, edges, title=f"{name}: histogram of its input, threshold {_number(threshold)}",
+                chart = bar_chart(counts, edges, title=f"{name}: histogram of its input, threshold {short_number(threshold)}",
                                   xlabel="value", ylabel="voxels (log scale)", log=True, marker=float(threshold))
                 written.append(_save(target / f"{name}_histogram.png", chart))
         upstream = ref
@@ -348,13 +336,13 @@ def bar_chart(
     for value in np.linspace(low, high, 5):
         x = x_of(value)
         draw.line([x, top + plot_h, x, top + plot_h + 4], fill="black")
-        _text(draw, (x, top + plot_h + 6), _number(float(value)), font, anchor="ma")
+        _text(draw, (x, top + plot_h + 6), short_number(float(value)), font, anchor="ma")
     if log:  # powers of ten, at most six of them
         step = max(1, math.ceil((int(top_value) + 1) / 6))
         powers = range(step, int(top_value) + 1, step)
         ticks = [(math.log10(10**k + 1) / top_value, f"{10**k:g}") for k in powers]
     else:
-        ticks = [(fraction, _number(float(fraction * top_value))) for fraction in (0.5, 1.0)]
+        ticks = [(fraction, short_number(float(fraction * top_value))) for fraction in (0.5, 1.0)]
     for fraction, label in [(0.0, "0"), *ticks]:
         y = top + plot_h * (1 - fraction)
         draw.line([left - 4, y, left, y], fill="black")

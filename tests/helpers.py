@@ -37,3 +37,16 @@ def uneven_chunks(shape, seed=0):
         edges = [0, *cuts, n]
         chunks.append(tuple(b - a for a, b in zip(edges[:-1], edges[1:]) if b > a))
     return tuple(chunks)
+
+
+def axis_cuts(draw, n: int) -> tuple[int, ...]:
+    """A chunking of an axis of length n, drawn by hypothesis (``draw`` of a composite); single-voxel chunks allowed."""
+    from hypothesis import strategies as st
+
+    sizes = []
+    left = n
+    while left:
+        size = draw(st.integers(1, left))
+        sizes.append(size)
+        left -= size
+    return tuple(sizes)

@@ -16,7 +16,7 @@ from skimage import filters, measure
 
 from imageops.catalog import GaussianParams, LabelParams, MeasureParams, ThresholdParams
 from tasks import lift
-from tests.helpers import same_up_to_permutation
+from tests.helpers import axis_cuts, same_up_to_permutation
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DTYPES = (np.uint8, np.uint16, np.float32)
@@ -36,19 +36,8 @@ def chunked_images(draw, dtypes=DTYPES):
     else:
         image = rng.random(shape) * 200
         image = image.astype(dtype)
-    chunks = tuple(_cuts(draw, n) for n in shape)
+    chunks = tuple(axis_cuts(draw, n) for n in shape)
     return image, chunks
-
-
-def _cuts(draw, n):
-    """A chunking of an axis of length n, single-voxel chunks allowed."""
-    sizes = []
-    left = n
-    while left:
-        size = draw(st.integers(1, left))
-        sizes.append(size)
-        left -= size
-    return tuple(sizes)
 
 
 @SETTINGS

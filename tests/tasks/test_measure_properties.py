@@ -16,7 +16,7 @@ from skimage import measure
 from imageops import measure as measure_ops
 from imageops.catalog import MeasureParams
 from tasks import lift
-from tests.helpers import blobs, uneven_chunks
+from tests.helpers import axis_cuts, blobs, uneven_chunks
 
 ALL = list(measure_ops.PROPERTIES)
 SHAPES = {2: (61, 47), 3: (19, 27, 23)}
@@ -123,17 +123,6 @@ def test_refuses_intensity_images_that_do_not_fit(intensity, message):
 # --- property-based --------------------------------------------------------------------------------------------------
 
 
-def _cuts(draw, n):
-    """A chunking of an axis of length n, single-voxel chunks allowed."""
-    sizes = []
-    left = n
-    while left:
-        size = draw(st.integers(1, left))
-        sizes.append(size)
-        left -= size
-    return tuple(sizes)
-
-
 @st.composite
 def measured_images(draw):
     """Labels (scattered or connected, possibly none), 0-3 intensity images, chunkings for each."""
@@ -155,8 +144,8 @@ def measured_images(draw):
             values = 1e4 + rng.random(shape)
         else:
             values = rng.random(shape) * 200
-        images.append((values.astype(dtype), tuple(_cuts(draw, n) for n in shape)))
-    return labels, tuple(_cuts(draw, n) for n in shape), images
+        images.append((values.astype(dtype), tuple(axis_cuts(draw, n) for n in shape)))
+    return labels, tuple(axis_cuts(draw, n) for n in shape), images
 
 
 @SETTINGS
