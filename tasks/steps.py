@@ -242,7 +242,7 @@ def measure_columns(
     else:
         intensity_array = None if intensity is None else _channels_last(intensity)
     columns = lift.measure(io.read_ref(labels), params, intensity=intensity_array, compute=compute)
-    physical = None if axes.split else ome.common_unit(io.store_calibration(labels.store), axes.spatial)
+    physical = ome.common_unit(io.store_calibration(labels.store), axes.spatial)
     if physical is not None:
         columns.update(physical_columns(columns, *physical))
     return columns
