@@ -174,6 +174,10 @@ def test_global_thresholds_chunked_equal_skimage(data):
     dtype = data.draw(DTYPES)
     image = data.draw(images(shape, dtype))
     method = data.draw(st.sampled_from(["otsu", "yen", "isodata", "triangle", "minimum", "mean", "li"]))
+    if method == "minimum" and image.dtype == np.uint16:
+        # The reference smooths its histogram (one bin per integer value) up to 10,000 times in a Python
+        # loop: on a wide uint16 range that takes many minutes. A 256-value range keeps it to milliseconds.
+        image = image // 256
     chunked = da.from_array(image, chunks=data.draw(chunkings(shape)))
     reference, error = _skimage_threshold(method, image)
     constant = image.min() == image.max()
