@@ -230,12 +230,13 @@ def _run(spec, args, cluster) -> int:
     from flows.console import tame_logs
     from flows.progress import RunWatcher
     from flows.runner import ensure_api
+    from tasks import storage
 
     console = _console(args)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     started = time.perf_counter()
     source = spec.input if isinstance(spec.input, str) else getattr(spec.input, "zarr", "a grid of tiles")
-    console.info(f"haloflow: {len(spec.steps)} steps on {source} into {Path(spec.output).expanduser().absolute()}"
+    console.info(f"haloflow: {len(spec.steps)} steps on {source} into {storage.normalize(spec.output)}"
                  + ("" if cluster.is_local else f", on {cluster.describe()}"))
     if not cluster.is_local and not os.environ.get("PREFECT_API_URL"):
         console.info("haloflow: note: no PREFECT_API_URL is set, so this run's Prefect server listens on 127.0.0.1 "

@@ -290,7 +290,7 @@ def unreachable_paths(expected: Mapping[str, Any], seen_by: Mapping[str, Mapping
             for path, view in expected.items() if seen.get(path) != view]
 
 
-def check_workers_reach(client, paths: Mapping[str, str], output: str | Path) -> None:
+def check_workers_reach(client, paths: Mapping[str, str], output: str | Path | None) -> None:
     """Refuse a run whose Dask workers cannot see its files at the paths the client uses.
 
     ``paths`` maps each input path to the spec field it comes from.  The output
@@ -299,11 +299,14 @@ def check_workers_reach(client, paths: Mapping[str, str], output: str | Path) ->
     current worker is asked (``client.run``); with none yet, one task waits for
     the first.  ClusterError names the field and the path.
     """
-    probe = Path(output) / f".haloflow-reach-{uuid.uuid4().hex[:12]}"
-    probe.write_bytes(b"")
     # Absolute path asked -> (spec field, path as the spec names it).
     shown = {os.path.abspath(os.path.expanduser(p)): (field, p) for p, field in paths.items()}
-    shown[str(probe)] = ("output", str(output))
+    probe = None if output is None else Path(output) / f".haloflow-reach-{uuid.uuid4().hex[:12]}"
+    if probe is not None:
+        probe.write_bytes(b"")
+        shown[str(probe)] = ("output", str(output))
+    if not shown:
+        return
     try:
         expected = path_view(list(shown))
         if client.scheduler_info(n_workers=-1)["workers"]:
@@ -311,7 +314,8 @@ def check_workers_reach(client, paths: Mapping[str, str], output: str | Path) ->
         else:
             seen_by = {"the first worker": client.submit(path_view, list(shown), pure=False).result()}
     finally:
-        probe.unlink(missing_ok=True)
+        if probe is not None:
+            probe.unlink(missing_ok=True)
     missing = unreachable_paths(expected, seen_by)
     if missing:
         path, worker, seen = missing[0]

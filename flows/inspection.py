@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from flows.console import short_number
-from tasks import io
+from tasks import io, storage
 from tasks.preview import label_colours, png_bytes, to_rgb
 from tasks.reference import ArrayRef
 
@@ -64,6 +64,8 @@ def inspect_run(out: str | Path, *, plane: int | None = None) -> tuple[str, list
 
 def load_record(out: str | Path) -> tuple[Path, dict[str, Any]]:
     """The folder and its parsed ``run.json``, or :class:`NotARunError` naming the folder and the problem."""
+    if storage.is_url(out):
+        raise NotARunError(f"{out}: haloflow inspect reads local output folders only; copy the run's folder here first")
     folder = Path(out).expanduser().absolute()
     if not folder.exists():
         raise NotARunError(f"{folder}: no such folder")
@@ -241,7 +243,7 @@ def _batch_sources(pattern, images: list[str]) -> dict[str, str]:
         paths = io.list_batch_images(pattern)
     except (io.InputError, TypeError):
         return {}
-    return {p.name.split(".")[0]: str(p) for p in paths if p.name.split(".")[0] in images}
+    return {storage.basename(p).split(".")[0]: p for p in paths if storage.basename(p).split(".")[0] in images}
 
 
 def _open(source) -> da.Array | None:

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from dataclasses import replace
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed
-from prefect.filesystems import LocalFileSystem
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
 from flows.cluster import check_workers_reach
 from flows.record import RunRecord, check_chunks, prepare_output, stage_key
 from flows.runner import make_task_runner
 from flows.spec import (InputField, PipelineSpec, SpecError, StepChoice, check_data_roots, input_with_axes, spec_paths,
                         step_name)
-from tasks import io
+from tasks import io, storage
 from tasks.artifacts import artifact_key, publish_failures
 from tasks.reference import fingerprint
 from tasks.steps import ImageFailure, StepResult, step_fingerprint
@@ -44,7 +43,7 @@ def large_image_flow(
     out = prepare_output(spec.output, spec.input)
     check_cluster_reach(spec, out)
     record = RunRecord.start(spec, out, source=source)
-    storage = result_storage(out)
+    results_at = result_storage(out)
     logger = get_run_logger()
     images: dict[str, Any] = {"input": source}
     upstream: Any = source
@@ -53,15 +52,15 @@ def large_image_flow(
         artifact = artifact_key("large-image", key)
         if step.op == "measure":
             intensity = measure_intensity(step, images)
-            table = str(out / f"{key}.csv")
+            table = storage.join(out, f"{key}.csv")
             fresh = not io.table_is_complete(table, step_fingerprint(step, upstream, intensity))
-            stage = table_stage.with_options(**stage_options(storage, fresh))
+            stage = table_stage.with_options(**stage_options(results_at, fresh))
             result = run_stage(stage, step, upstream, table, key, intensity, artifact)
         else:
             first_chunks = spec.chunks if upstream is source else None
-            store = str(out / f"{key}.ome.zarr")
+            store = storage.join(out, f"{key}.ome.zarr")
             fresh = not io.is_complete(store, step_fingerprint(step, upstream))
-            stage = image_stage.with_options(**stage_options(storage, fresh))
+            stage = image_stage.with_options(**stage_options(results_at, fresh))
             result = run_stage(stage, step, upstream, store, key, first_chunks, artifact)
             upstream = result.ref
             images.setdefault(step_name(step), result.ref)
@@ -92,11 +91,11 @@ def batch_flow(
     sources: dict[str, Any] = {}
     for stem, path in image_stems(paths).items():
         try:
-            sources[stem] = input_with_axes(spec, io.resolve_input(str(path)))
+            sources[stem] = input_with_axes(spec, io.resolve_input(path))
         except (io.InputError, SpecError) as error:  # one unreadable image must not stop the others
             failures[stem] = {"step": "read", "error": str(error)}
     record = RunRecord.start(spec, out, images=list(sources) + list(failures))
-    storage = result_storage(out)
+    results_at = result_storage(out)
     logger = get_run_logger()
     images: dict[str, dict[str, Any]] = {"input": dict(sources)}
     upstream: dict[str, Any] = dict(sources)
@@ -106,16 +105,16 @@ def batch_flow(
         if step.op == "measure":
             named = {stem: {n: found[stem] for n, found in images.items() if stem in found} for stem in upstream}
             intensity = {stem: measure_intensity(step, named[stem]) for stem in upstream} if step.intensity else None
-            stage = batch_table_stage.with_options(**stage_options(storage, True))
-            result = run_stage(stage, step, upstream, str(out / f"{key}.csv"), key, intensity)
+            stage = batch_table_stage.with_options(**stage_options(results_at, True))
+            result = run_stage(stage, step, upstream, storage.join(out, f"{key}.csv"), key, intensity)
             for stem, error in result.info.get("failed", {}).items():
                 failures[stem] = {"step": key, "error": error}
             record.add_stage(number, step, result, seconds=time.perf_counter() - started)
         else:
-            stores = {stem: str(out / stem / f"{key}.ome.zarr") for stem in upstream}
+            stores = {stem: storage.join(out, stem, f"{key}.ome.zarr") for stem in upstream}
             first_chunks = spec.chunks if number == 1 else None
             fresh = not all(io.is_complete(stores[s], step_fingerprint(step, up)) for s, up in upstream.items())
-            stage = batch_image_stage.with_options(**stage_options(storage, fresh))
+            stage = batch_image_stage.with_options(**stage_options(results_at, fresh))
             future = stage.submit(step, upstream, stores, key, first_chunks, artifact_key("batch", key))
             results = future.result()
             if future.state.name == "Cached":
@@ -135,11 +134,15 @@ def batch_flow(
     return record.finish()
 
 
-def check_cluster_reach(spec: PipelineSpec, out: Path) -> None:
-    """Before any stage: the workers of a cluster on other machines must see the input and the output folder."""
+def check_cluster_reach(spec: PipelineSpec, out: str) -> None:
+    """Before any stage: the workers of a cluster on other machines must see the input and the output folder.
+
+    URLs (object storage) are left to the workers' own credentials.
+    """
     client = remote_cluster_client()
     if client is not None:
-        check_workers_reach(client, {path: field for field, path in spec_paths(spec) if field != "output"}, out)
+        paths = {path: field for field, path in spec_paths(spec) if field != "output" and not storage.is_url(path)}
+        check_workers_reach(client, paths, None if storage.is_url(out) else out)
 
 
 def remote_cluster_client():
@@ -172,11 +175,19 @@ def stage_options(storage: str, fresh: bool) -> dict[str, Any]:
     return {"result_storage": storage, "refresh_cache": fresh}
 
 
-def result_storage(out: Path) -> str:
-    """A saved LocalFileSystem block for ``OUT/.haloflow/results`` (Prefect needs it saved), by reference."""
-    basepath = out / ".haloflow" / "results"
-    name = "haloflow-results-" + fingerprint(str(basepath))[:16]
-    LocalFileSystem(basepath=str(basepath)).save(name, overwrite=True)
+def result_storage(out: str) -> str:
+    """A saved file-system block for ``OUT/.haloflow/results`` (Prefect needs it saved), by reference.
+
+    A local folder gets a LocalFileSystem block; a URL (``s3://...``) a
+    RemoteFileSystem block, which reaches it through fsspec with the same
+    credentials as the stores.
+    """
+    basepath = storage.join(out, ".haloflow", "results")
+    name = "haloflow-results-" + fingerprint(basepath)[:16]
+    if storage.is_url(basepath):
+        RemoteFileSystem(basepath=basepath).save(name, overwrite=True)
+        return f"remote-file-system/{name}"
+    LocalFileSystem(basepath=basepath).save(name, overwrite=True)
     return f"local-file-system/{name}"
 
 
@@ -190,11 +201,11 @@ def run_stage(stage, *args) -> StepResult:
     return result
 
 
-def image_stems(paths: list[Path]) -> dict[str, Path]:
+def image_stems(paths: list[str]) -> dict[str, str]:
     """Each image's folder name (its file stem), refusing two images with the same stem."""
-    stems: dict[str, Path] = {}
+    stems: dict[str, str] = {}
     for path in paths:
-        stem = path.name.split(".")[0]
+        stem = storage.basename(path).split(".")[0]
         if stem in stems:
             raise io.InputError(f"{path} and {stems[stem]} would share the output folder {stem!r}; rename one")
         stems[stem] = path

@@ -21,13 +21,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from flows.record import stage_key
 from imageops import get_op
 from flows.spec import PipelineSpec, SpecError, input_with_axes
-from tasks import io
+from tasks import io, storage
 from tasks.reference import ArrayRef
 from tasks.steps import step_fingerprint
 
@@ -90,17 +89,17 @@ class RunWatcher:
         interval: float = 0.25,
     ):
         self.spec = spec
-        self.out = Path(spec.output).expanduser().absolute()
+        self.out = storage.normalize(spec.output)
         self.on_progress = on_progress
         self.on_stage = on_stage
         self.interval = interval
-        self._record_path = self.out / "run.json"
+        self._record_path = storage.join(self.out, "run.json")
         self._stale = _file_identity(self._record_path)
         self._reported = 0
         self._complete: set[tuple[str, str]] = set()
         self._refs: dict[str, ArrayRef] = {}
         self._sources: dict[str, Any] = {}
-        self._batch_paths: dict[str, Path] | None = None
+        self._batch_paths: dict[str, str] | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -162,7 +161,7 @@ class RunWatcher:
         if identity is None or identity == self._stale:
             return None
         try:
-            return json.loads(self._record_path.read_text())
+            return json.loads(storage.read_text(self._record_path))
         except (OSError, ValueError):
             return None
 
@@ -174,7 +173,7 @@ class RunWatcher:
         if self.spec.flow == "batch":
             return self._batch_progress(record, index, key)
         upstream = self._upstream(record["stages"], None)
-        store = str(self.out / f"{key}.ome.zarr")
+        store = storage.join(self.out, f"{key}.ome.zarr")
         ref = self._store_ref(store, step_fingerprint(step, upstream))
         if ref is None:  # a global op's first pass, or the stage task not started yet
             local = get_op(step.op).family in ("pointwise", "neighbourhood")
@@ -192,7 +191,7 @@ class RunWatcher:
                 continue
             if (key, image) in self._complete:
                 done += 1
-            elif io.is_complete(self.out / image / f"{key}.ome.zarr", step_fingerprint(step, upstream)):
+            elif io.is_complete(storage.join(self.out, image, f"{key}.ome.zarr"), step_fingerprint(step, upstream)):
                 self._complete.add((key, image))
                 done += 1
         return Progress(key, done, len(images), "images")
@@ -215,7 +214,7 @@ class RunWatcher:
                 self._sources[name] = input_with_axes(self.spec, io.resolve_input(self.spec.to_input()))
             else:
                 if self._batch_paths is None:
-                    self._batch_paths = {p.name.split(".")[0]: p for p in io.list_batch_images(self.spec.input)}
+                    self._batch_paths = {storage.basename(p).split(".")[0]: p for p in io.list_batch_images(self.spec.input)}
                 try:
                     self._sources[name] = input_with_axes(self.spec, io.resolve_input(self._batch_paths[image]))
                 except (KeyError, io.InputError, SpecError):
@@ -227,7 +226,7 @@ class RunWatcher:
         ref = self._refs.get(store)
         if ref is not None and ref.fingerprint == fingerprint:
             return ref
-        if not Path(store, "zarr.json").is_file():
+        if not storage.isfile(storage.join(store, "zarr.json")):
             return None
         try:
             ref = io.open_store_ref(store)
@@ -262,9 +261,11 @@ def _not_from_watcher(record: logging.LogRecord) -> bool:
     return record.threadName != _THREAD
 
 
-def _file_identity(path: Path) -> tuple[int, int, int] | None:
-    """Inode, modification time and size: a run record saved again (renamed over) has another."""
+def _file_identity(path: str) -> tuple[Any, ...] | None:
+    """Inode, modification time and size (an object's size and version): a run record saved again has another."""
     try:
+        if storage.is_url(path):
+            return storage.stat(path)
         stat = os.stat(path)
     except OSError:
         return None

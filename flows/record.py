@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from flows.spec import PipelineSpec, step_name
+from tasks import storage
 
 PACKAGES = ("haloflow", "prefect", "prefect-dask", "dask", "distributed", "numpy", "scipy", "scikit-image", "zarr", "tifffile")
 
@@ -26,22 +25,31 @@ def stage_key(number: int, step) -> str:
     return f"{number:02d}_{step_name(step)}"
 
 
-def prepare_output(output: str, input_=None) -> Path:
-    """Create the output folder; refuse a file, or a folder holding another input's run."""
+def prepare_output(output: str, input_=None) -> str:
+    """Create the output folder (a local path or a URL); refuse a file, or a folder holding another input's run."""
     path = check_output(output, input_)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        storage.makedirs(path)
+    except OSError as error:
+        raise OutputError(f"output {path}: cannot create it ({error})") from error
     return path
 
 
-def check_output(output: str, input_=None) -> Path:
-    """The output folder, unless it is a file or holds the stores of a run on another input."""
-    path = Path(output).expanduser().absolute()
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"output {path} is a file, not a folder")
-    record = path / "run.json"
-    if input_ is not None and record.is_file():
+def check_output(output: str, input_=None) -> str:
+    """The output folder (absolute path or URL), unless it is a file or holds the stores of a run on another input."""
+    path = storage.normalize(output)
+    try:
+        if storage.isfile(path):
+            raise OutputError(f"output {path} is a file, not a folder")
+        record = storage.join(path, "run.json")
+        known = input_ is not None and storage.isfile(record)
+    except storage.StorageError as error:
+        raise OutputError(f"output {path}: {error}") from error
+    except OSError as error:
+        raise OutputError(f"output {path} cannot be reached: {type(error).__name__}: {error}") from error
+    if known:
         try:
-            previous = json.loads(record.read_text())["spec"]["input"]
+            previous = json.loads(storage.read_text(record))["spec"]["input"]
         except (OSError, ValueError, KeyError, TypeError):
             previous = None
         current = input_ if isinstance(input_, str) else input_.model_dump(mode="json", exclude_none=True)
@@ -77,12 +85,12 @@ def package_versions() -> dict[str, str]:
 class RunRecord:
     """What a run did, written to ``OUT/run.json`` after every stage."""
 
-    path: Path
+    path: str
     data: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def start(cls, spec: PipelineSpec, out: Path, images: list[str] | None = None, source=None) -> "RunRecord":
+    def start(cls, spec: PipelineSpec, out: str, images: list[str] | None = None, source=None) -> "RunRecord":
         """A new record; ``source``: the resolved input (an InputSpec), recorded as ``source`` (see :func:`source_entry`)."""
         data = {
             "spec": spec.model_dump(mode="json", exclude_none=True),
@@ -95,7 +103,7 @@ class RunRecord:
             data["images"] = images
         if source is not None:
             data["source"] = source_entry(source)
-        record = cls(out / "run.json", data)
+        record = cls(storage.join(out, "run.json"), data)
         record.save()
         return record
 
@@ -127,13 +135,11 @@ class RunRecord:
             self.data["failed"] = failures
         self.data["seconds"] = round(time.perf_counter() - self.started, 3)
         self.save()
-        return {"output": str(self.path.parent), "run_json": str(self.path), **self.data}
+        return {"output": storage.parent(self.path), "run_json": self.path, **self.data}
 
     def save(self) -> None:
-        """Write to a temporary name, then rename: a reader never sees half a record."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str))
-        os.replace(tmp, self.path)
+        """Write to a temporary name, then rename (one PUT in an object store): a reader never sees half a record."""
+        storage.write_text(self.path, json.dumps(self.data, indent=2, default=str))
 
 
 def source_entry(source) -> dict[str, Any]:

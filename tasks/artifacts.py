@@ -14,7 +14,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from tasks import preview
+from tasks import preview, storage
 from tasks.cluster import compute_on_cluster
 from tasks.reference import ArrayRef, TableRef
 from tasks.steps import StepResult
@@ -52,7 +52,9 @@ def publish_stage(key: str, result: StepResult) -> None:
         picture = preview.png_data_uri(preview.enlarge(preview.to_rgb(plane, ref.kind)))
         what = "maximum projection" if ref.ndim > 2 else "image"
         create_markdown_artifact(f"### {key}\n\n![{key} {what}]({picture})\n", key=f"{key}-picture", description=f"{key}: {what}")
-    create_link_artifact(Path(_where(ref)).absolute().as_uri(), link_text=_where(ref), key=f"{key}-store", description=f"{key}: where the result is")
+    where = _where(ref)
+    link = where if storage.is_url(where) else Path(where).absolute().as_uri()
+    create_link_artifact(link, link_text=where, key=f"{key}-store", description=f"{key}: where the result is")
 
 
 def summary_rows(result: StepResult) -> list[dict[str, str]]:

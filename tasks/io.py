@@ -17,14 +17,14 @@ lower-resolution levels by :func:`write_pyramid` (and label colours by
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import math
 import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import zarr
 from dask.base import tokenize
 from zarr.codecs import ZstdCodec
 
-from tasks import ome
+from tasks import ome, storage
 from tasks.axes import ImageAxes
 from tasks.ome import Calibration
 from tasks.reference import ArrayRef, fingerprint as _digest
@@ -284,13 +284,14 @@ def resolve_input(source: Any) -> InputSpec:
             f"input must be a path, a glob pattern or a dict with 'zarr' or 'tiles', "
             f"got {type(source).__name__}"
         )
-    text = os.path.expanduser(os.fspath(source))
-    if _GLOB_CHARS.search(text) and not os.path.exists(text):
-        return _resolve_glob(text)
-    path = _existing(text, "input")
-    if path.is_dir():
-        return _resolve_zarr(path, None)
-    return _resolve_tiff(path)
+    text = storage.normalize(source)
+    with _reaching(text):
+        if _GLOB_CHARS.search(text) and not storage.exists(text):
+            return _resolve_glob(text)
+        path = _existing(text, "input")
+        if storage.isdir(path):
+            return _resolve_zarr(path, None)
+        return _resolve_tiff(path)
 
 
 def imread(source: Any, chunks: Sequence[int] | None = None) -> da.Array:
@@ -382,7 +383,7 @@ def default_chunks(
     return tuple(block)
 
 
-def list_batch_images(pattern: str | os.PathLike) -> list[Path]:
+def list_batch_images(pattern: str | os.PathLike) -> list[str]:
     """The TIFF files of a batch, sorted.
 
     Parameters
@@ -393,23 +394,28 @@ def list_batch_images(pattern: str | os.PathLike) -> list[Path]:
 
     Returns
     -------
-    list of pathlib.Path
-        Absolute paths, sorted.
+    list of str
+        Absolute paths (or URLs, for a pattern on object storage), sorted.
 
     Raises
     ------
     InputError
         Nothing matches (`InputNotFoundError` if a plain path does not exist).
     """
-    text = os.path.expanduser(os.fspath(pattern))
-    if os.path.isdir(text):
-        found = [p for p in Path(text).iterdir() if p.is_file() and _is_tiff_name(p)]
-        if not found:
-            raise InputError(f"directory {Path(text).resolve()} contains no .tif/.tiff files")
-        return sorted(p.resolve() for p in found)
+    text = storage.normalize(pattern)
+    with _reaching(text):
+        return _list_batch_images(text)
+
+
+def _list_batch_images(text: str) -> list[str]:
+    if storage.isdir(text):
+        names = [n for n in storage.list_names(text) if _is_tiff_name(n)]
+        if not names:
+            raise InputError(f"directory {_real(text)} contains no .tif/.tiff files")
+        return sorted(_real(storage.join(text, n)) for n in names)
     if not _GLOB_CHARS.search(text):
         return [_existing(text, "batch image")]
-    found = [Path(p).resolve() for p in glob.glob(text, recursive=True) if os.path.isfile(p)]
+    found = [_real(p) for p in storage.glob_files(text)]
     if not found:
         raise InputError(f"glob pattern {text!r} matches no files")
     return sorted(found)
@@ -425,9 +431,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     InputError
         tifffile cannot read it; the message names the path and tifffile's error.
     """
-    file = _existing(os.path.expanduser(os.fspath(path)), "image")
+    file = _existing(storage.normalize(path), "image")
     try:
-        image = tifffile.imread(file)
+        with _open_tiff(file) as tif:
+            image = tif.asarray()
     except Exception as exc:  # tifffile raises many types on bad files
         raise InputError(f"cannot read TIFF {file}: {_one_line(exc)}") from exc
     return _native_endian(np.asarray(image))
@@ -509,7 +516,7 @@ def create_store(
         "ome": _ome_attributes(name, axis_names, kind, calibration),
         "haloflow": {"fingerprint": fingerprint, "kind": kind, "complete": False},
     }
-    group = zarr.open_group(store, mode="w", zarr_format=3, attributes=attributes)
+    group = zarr.open_group(storage.zarr_store(store), mode="w", zarr_format=3, attributes=attributes)
     group.create_array(
         "0",
         shape=shape,
@@ -595,16 +602,15 @@ def block_grid(ref: ArrayRef) -> tuple[int, ...]:
 
 def done_blocks(ref: ArrayRef) -> set[tuple[int, ...]]:
     """Indices of the blocks whose write finished (their markers exist)."""
-    folder = Path(ref.store) / _DONE_FOLDER
-    if not folder.is_dir():
-        return set()
-    return {tuple(int(i) for i in name.split("_")) for name in os.listdir(folder) if not name.endswith(".tmp")}
+    names = storage.list_names(storage.join(ref.store, _DONE_FOLDER))
+    return {tuple(int(i) for i in name.split("_")) for name in names if not name.endswith(".tmp")}
 
 
 def done_block_stats(ref: ArrayRef) -> dict[tuple[int, ...], list[float]]:
     """``[count, min, max, sum]`` of every finished block, from its marker."""
-    folder = Path(ref.store) / _DONE_FOLDER
-    return {index: json.loads((folder / "_".join(map(str, index))).read_text()) for index in done_blocks(ref)}
+    markers = {index: storage.join(ref.store, _DONE_FOLDER, "_".join(map(str, index))) for index in done_blocks(ref)}
+    texts = storage.read_texts(list(markers.values()))
+    return {index: json.loads(texts[marker]) for index, marker in markers.items()}
 
 
 def store_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -624,11 +630,11 @@ def store_axes(path: str | os.PathLike) -> ImageAxes:
         `path` is not an OME-Zarr image, or its axes do not fit its array.
     """
     store = os.fspath(path)
-    if "://" not in store and not os.path.exists(store):
+    if not storage.exists(store):
         raise FileNotFoundError(f"store {store} does not exist")
-    attrs = zarr.open_group(store, mode="r").attrs.asdict()
+    attrs = zarr.open_group(storage.zarr_store(store), mode="r").attrs.asdict()
     component = _ome_component(attrs, store)
-    array = zarr.open_array(store, path=component, mode="r")
+    array = zarr.open_array(storage.zarr_store(store), path=component, mode="r")
     try:
         return _ome_axes(attrs, component, array.ndim)
     except ValueError as exc:
@@ -648,11 +654,11 @@ def store_calibration(path: str | os.PathLike) -> Calibration:
         `path` is not an OME-Zarr image.
     """
     store = os.fspath(path)
-    if "://" not in store and not os.path.exists(store):
+    if not storage.exists(store):
         raise FileNotFoundError(f"store {store} does not exist")
-    attrs = zarr.open_group(store, mode="r").attrs.asdict()
+    attrs = zarr.open_group(storage.zarr_store(store), mode="r").attrs.asdict()
     component = _ome_component(attrs, store)
-    ndim = zarr.open_array(store, path=component, mode="r").ndim
+    ndim = zarr.open_array(storage.zarr_store(store), path=component, mode="r").ndim
     return ome.from_ngff(attrs, component, ndim)
 
 
@@ -802,12 +808,12 @@ def is_complete(path: str | os.PathLike, fingerprint: str | None = None) -> bool
     """
     store = os.fspath(path)
     try:
-        group = zarr.open_group(store, mode="r")
+        group = zarr.open_group(storage.zarr_store(store), mode="r")
         meta = _haloflow_attrs(group, store)
         attrs = group.attrs.asdict()
-        zarr.open_array(store, path=_ome_component(attrs, store), mode="r")
+        zarr.open_array(storage.zarr_store(store), path=_ome_component(attrs, store), mode="r")
         for dataset in attrs["ome"]["multiscales"][0]["datasets"][1:]:  # pyramid levels: part of the result
-            zarr.open_array(store, path=dataset["path"], mode="r")
+            zarr.open_array(storage.zarr_store(store), path=dataset["path"], mode="r")
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return False
     matches = fingerprint is None or meta.get("fingerprint") == fingerprint
@@ -829,7 +835,7 @@ def open_store_ref(path: str | os.PathLike) -> ArrayRef:
     meta = _haloflow_attrs(group, store)
     component = _ome_component(group.attrs.asdict(), store)
     try:
-        array = zarr.open_array(store, path=component, mode="r")
+        array = zarr.open_array(storage.zarr_store(store), path=component, mode="r")
     except (zarr.errors.NodeNotFoundError, zarr.errors.NodeTypeValidationError) as exc:
         raise ValueError(f"store {store} has no array at component {component!r}") from exc
     return ArrayRef(
@@ -862,19 +868,18 @@ def read_ref(ref: ArrayRef) -> da.Array:
 # --------------------------------------------------------------------------- tables
 
 
-def table_record_path(path: str | os.PathLike) -> Path:
+def table_record_path(path: str | os.PathLike) -> str:
     """The record beside a table that says which fingerprint it holds: ``.NAME.haloflow.json``."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.haloflow.json")
+    return storage.join(storage.parent(path), f".{storage.basename(path)}.haloflow.json")
 
 
 def table_is_complete(path: str | os.PathLike, fingerprint: str | None = None) -> bool:
     """Whether the table at `path` was fully written (for `fingerprint`, if given)."""
     record = table_record_path(path)
-    if not (Path(path).is_file() and record.is_file()):
-        return False
     try:
-        meta = json.loads(record.read_text())
+        if not (storage.isfile(os.fspath(path)) and storage.isfile(record)):
+            return False
+        meta = json.loads(storage.read_text(record))
     except (OSError, ValueError):
         return False
     return meta.get("complete") is True and (fingerprint is None or meta.get("fingerprint") == fingerprint)
@@ -883,8 +888,9 @@ def table_is_complete(path: str | os.PathLike, fingerprint: str | None = None) -
 def write_table(columns: Mapping[str, Any], path: str | os.PathLike, *, fingerprint: str | None = None) -> None:
     """Write named 1-D columns as a CSV table, atomically.
 
-    The table is written to ``path + ".tmp"`` and renamed onto `path`, so a
-    half-written table never appears under its final name. Floats are written
+    The table is written to a temporary name and renamed onto `path` (in an
+    object store: one PUT), so a half-written table never appears under its
+    final name. Floats are written
     with ``repr`` (shortest exact round-trip text), booleans as 0/1.
 
     Parameters
@@ -904,26 +910,21 @@ def write_table(columns: Mapping[str, Any], path: str | os.PathLike, *, fingerpr
         The directory of `path` does not exist.
     """
     table = _check_columns(columns)
-    target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    if not os.path.isdir(folder):
+    target = os.fspath(path) if storage.is_url(path) else os.path.abspath(path)
+    folder = storage.parent(target)
+    if not storage.is_url(target) and not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot write table {target}: directory {folder} does not exist")
     texts = [_format_column(values) for values in table.values()]
-    temporary = target + ".tmp"
     record = table_record_path(target)
-    record.unlink(missing_ok=True)  # the old record must not vouch for the new table
-    try:
-        with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(list(table))
-            writer.writerows(zip(*texts))
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    storage.remove(record)  # the old record must not vouch for the new table
+    text = StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(list(table))
+    writer.writerows(zip(*texts))
+    storage.write_text(target, text.getvalue())
     if fingerprint is not None:
         rows = len(texts[0]) if texts else 0
-        record.write_text(json.dumps({"fingerprint": fingerprint, "rows": rows, "columns": list(table), "complete": True}))
+        storage.write_text(record, json.dumps({"fingerprint": fingerprint, "rows": rows, "columns": list(table), "complete": True}))
 
 
 def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -940,10 +941,9 @@ def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
         The file is empty or a row has the wrong number of fields.
     """
     source = os.fspath(path)
-    if not os.path.isfile(source):
+    if not storage.isfile(source):
         raise FileNotFoundError(f"table {source} does not exist")
-    with open(source, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
+    rows = list(csv.reader(StringIO(storage.read_text(source), newline="")))
     if not rows:
         raise ValueError(f"table {source} is empty (no header row)")
     header, body = rows[0], rows[1:]
@@ -965,31 +965,32 @@ def _resolve_mapping(source: Mapping[str, Any]) -> InputSpec:
         component = source.get("component")
         if component is not None and not isinstance(component, str):
             raise InputError(f"input 'component' must be a str, got {type(component).__name__}")
-        path = _existing(os.path.expanduser(os.fspath(source["zarr"])), "zarr store")
-        return _resolve_zarr(path, component)
+        with _reaching(source["zarr"]):
+            path = _existing(storage.normalize(source["zarr"]), "zarr store")
+            return _resolve_zarr(path, component)
     if keys == {"tiles"}:
-        return _resolve_tiles(source["tiles"])
+        with _reaching("a tile"):
+            return _resolve_tiles(source["tiles"])
     raise InputError(
         f"input dict must have keys {{'zarr'[, 'component']}} or {{'tiles'}}, got {sorted(keys)}"
     )
 
 
-def _resolve_tiff(path: Path) -> InputSpec:
+def _resolve_tiff(path: str) -> InputSpec:
     """Resolve a single TIFF file."""
     if not _is_tiff_name(path):
         raise InputError(f"input {path} is not a .tif/.tiff file or a zarr store directory")
     shape, dtype, native = _tiff_info(path, probe=True)
     axes, calibration = _tiff_metadata(path)
     return InputSpec(
-        "tiff", (str(path),), shape, dtype, native_chunks=native, channel_axis=axes.channel, time_axis=axes.time,
+        "tiff", (path,), shape, dtype, native_chunks=native, channel_axis=axes.channel, time_axis=axes.time,
         **_calibration_fields(calibration),
     )
 
 
 def _resolve_glob(pattern: str) -> InputSpec:
     """Resolve a glob of equally shaped TIFF files."""
-    matches = glob.glob(pattern, recursive=True)
-    paths = sorted(Path(p).resolve() for p in matches if os.path.isfile(p))
+    paths = sorted(_real(p) for p in storage.glob_files(pattern))
     if not paths:
         raise InputError(f"glob pattern {pattern!r} matches no files")
     shape, dtype, native = _tiff_info(paths[0], probe=True)
@@ -1005,7 +1006,7 @@ def _resolve_glob(pattern: str) -> InputSpec:
                       (("channel_axis", file_axes.channel), ("time_axis", file_axes.time))}
     stacked = Calibration((1.0, *file_calibration.scale), (None, *file_calibration.units))  # the new axis: unknown
     return InputSpec(
-        "glob", tuple(map(str, paths)), (len(paths), *shape), dtype, native_chunks=(1, *native), **after_new_axis,
+        "glob", tuple(paths), (len(paths), *shape), dtype, native_chunks=(1, *native), **after_new_axis,
         **_calibration_fields(stacked),
     )
 
@@ -1013,7 +1014,7 @@ def _resolve_glob(pattern: str) -> InputSpec:
 def _resolve_tiles(tiles: Any) -> InputSpec:
     """Resolve a nested-list grid of TIFF tiles."""
     grid, leaves = _tile_grid(tiles)
-    paths = [_existing(os.path.expanduser(os.fspath(leaf)), "tile") for leaf in leaves]
+    paths = [_existing(storage.normalize(leaf), "tile") for leaf in leaves]
     infos = [_tiff_info(path, probe=index == 0) for index, path in enumerate(paths)]
     first_shape, dtype, native = infos[0]
     if len(grid) > len(first_shape):
@@ -1044,7 +1045,7 @@ def _resolve_tiles(tiles: Any) -> InputSpec:
     axes, calibration = _tiff_metadata(paths[0])
     return InputSpec(
         "tiles",
-        tuple(map(str, paths)),
+        tuple(paths),
         shape,
         dtype,
         grid=grid,
@@ -1099,12 +1100,12 @@ def _expected_tile_shape(
     return first[:offset] + tuple(extents[k][i] for k, i in enumerate(index))
 
 
-def _resolve_zarr(path: Path, component: str | None) -> InputSpec:
+def _resolve_zarr(path: str, component: str | None) -> InputSpec:
     """Resolve a zarr array or OME-Zarr image store."""
-    if not path.is_dir() or not _has_zarr_metadata(path):
+    if not storage.isdir(path) or not _has_zarr_metadata(path):
         raise InputError(f"{path} is not a zarr store (no zarr.json, .zarray or .zgroup inside)")
     try:
-        node = zarr.open(str(path), mode="r")
+        node = zarr.open(storage.zarr_store(path), mode="r")
     except Exception as exc:  # zarr raises many types on broken metadata
         raise InputError(f"cannot open zarr store {path}: {_one_line(exc)}") from exc
     if component is None:
@@ -1112,12 +1113,12 @@ def _resolve_zarr(path: Path, component: str | None) -> InputSpec:
             component = ""
         else:
             try:
-                component = _ome_component(node.attrs.asdict(), str(path))
+                component = _ome_component(node.attrs.asdict(), path)
             except ValueError as exc:
                 hint = "pass {'zarr': path, 'component': ...} to choose an array"
                 raise InputError(f"{exc}; {hint}") from exc
     try:
-        array = zarr.open_array(str(path), path=component, mode="r")
+        array = zarr.open_array(storage.zarr_store(path), path=component, mode="r")
     except Exception as exc:
         raise InputError(
             f"zarr store {path} has no readable array at component {component!r}: {_one_line(exc)}"
@@ -1129,7 +1130,7 @@ def _resolve_zarr(path: Path, component: str | None) -> InputSpec:
     except ValueError as exc:
         raise InputError(f"zarr store {path}: {exc}") from exc
     return InputSpec(
-        "zarr", (str(path),), array.shape, array.dtype.name, component=component, native_chunks=native,
+        "zarr", (path,), array.shape, array.dtype.name, component=component, native_chunks=native,
         channel_axis=axes.channel, time_axis=axes.time,
         **_calibration_fields(ome.from_ngff(attrs, component, array.ndim)),
     )
@@ -1180,7 +1181,7 @@ def _ome_axis_type(axis: Any) -> str:
     return {"c": "channel", "t": "time"}.get(str(name).lower(), "space")
 
 
-def _tiff_metadata(path: Path) -> tuple[ImageAxes, Calibration]:
+def _tiff_metadata(path: str) -> tuple[ImageAxes, Calibration]:
     """The channel and time axes, and the physical pixel sizes, a TIFF's metadata gives its first series.
 
     Axes: ``C`` and ``T``. An OME-TIFF's channels stored as samples
@@ -1191,7 +1192,7 @@ def _tiff_metadata(path: Path) -> tuple[ImageAxes, Calibration]:
     resolution tags (often a printer's dots per inch) are not used.
     """
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _open_tiff(path) as tif:
             letters, is_ome = tif.series[0].levels[0].axes, tif.is_ome
             calibration = _tiff_calibration(tif, letters)
     except Exception as exc:  # tifffile raises many types on bad files
@@ -1222,14 +1223,14 @@ def _calibration_fields(calibration: Calibration) -> dict[str, Any]:
     return {"physical_sizes": calibration.scale, "units": calibration.units}
 
 
-def _tiff_info(path: Path, probe: bool) -> tuple[tuple[int, ...], str, tuple[int, ...]]:
+def _tiff_info(path: str, probe: bool) -> tuple[tuple[int, ...], str, tuple[int, ...]]:
     """Shape, dtype name and native chunk shape of a TIFF's first series; InputError if unreadable.
 
     With `probe`, also open tifffile's zarr view for the native chunk shape and
     decode one chunk (codec available?); without it the chunk shape is ``()``.
     """
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _open_tiff(path) as tif:
             if not tif.series:
                 raise InputError(f"TIFF {path} contains no image series")
             series = tif.series[0].levels[0]
@@ -1238,7 +1239,7 @@ def _tiff_info(path: Path, probe: bool) -> tuple[tuple[int, ...], str, tuple[int
             shape, dtype = tuple(series.shape), np.dtype(series.dtype).name
             if series.dataoffset is not None:
                 end = series.dataoffset + math.prod(shape) * series.dtype.itemsize
-                if end > os.path.getsize(path):
+                if end > storage.stat(path)[1]:
                     raise InputError(f"TIFF {path} is truncated: image data end at byte {end}")
             native = _probe_tiff(tif, decode=series.dataoffset is None) if probe else ()
     except InputError:
@@ -1324,7 +1325,7 @@ class _ZarrSource:
         return len(self.shape)
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        array = zarr.open_array(self.store, path=self.component, mode="r")
+        array = zarr.open_array(storage.zarr_store(self.store), path=self.component, mode="r")
         return np.asarray(array[key]).astype(self.dtype, copy=False)
 
     def __dask_tokenize__(self) -> Any:
@@ -1339,7 +1340,7 @@ class _ZarrTarget:
     component: str
 
     def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
-        zarr.open_array(self.store, path=self.component, mode="r+")[key] = value
+        zarr.open_array(storage.zarr_store(self.store), path=self.component, mode="r+")[key] = value
 
 
 def _cast_mean(mean: da.Array, dtype: np.dtype) -> da.Array:
@@ -1357,8 +1358,10 @@ def _read_tiff_region(path: str, region: tuple[slice, ...]) -> np.ndarray:
     read a whole single-strip page to return a few rows); everything else goes
     through tifffile's zarr store, which decodes only the strips/tiles touched.
     """
-    with tifffile.TiffFile(path) as tif:
+    with _open_tiff(path) as tif:
         series = tif.series[0].levels[0]
+        if series.dataoffset is not None and storage.is_url(path):
+            return _read_contiguous_rows(path, tif, series, region)
         if series.dataoffset is not None:
             mapped = np.memmap(
                 path,
@@ -1377,6 +1380,31 @@ def _read_tiff_region(path: str, region: tuple[slice, ...]) -> np.ndarray:
             return _native_endian(np.asarray(zarr.open_array(store, mode="r")[region]))
         finally:
             store.close()
+
+
+def _read_contiguous_rows(path: str, tif: tifffile.TiffFile, series: Any, region: tuple[slice, ...]) -> np.ndarray:
+    """A region of contiguous uncompressed data in an object store: one ranged read of the rows along the first axis."""
+    shape = tuple(series.shape)
+    rows = region[0].indices(shape[0]) if region else (0, shape[0], 1)
+    first, stop = rows[0], max(rows[0], rows[1])
+    row_bytes = math.prod(shape[1:]) * series.dtype.itemsize
+    start = series.dataoffset + first * row_bytes
+    data = storage.read_bytes(path, start, start + (stop - first) * row_bytes)
+    block = np.frombuffer(data, dtype=np.dtype(tif.byteorder + series.dtype.char)).reshape((stop - first, *shape[1:]))
+    inner = (slice(0, stop - first, rows[2]), *region[1:])
+    return np.array(block[inner], dtype=series.dtype.newbyteorder("="))
+
+
+@contextmanager
+def _open_tiff(path: str):
+    """A TiffFile on a local path, or on a (buffered) file object of an object store."""
+    if not storage.is_url(path):
+        with tifffile.TiffFile(path) as tif:
+            yield tif
+        return
+    fs, inner = storage.filesystem(path)
+    with fs.open(inner, "rb", block_size=2**20, cache_type="readahead") as handle, tifffile.TiffFile(handle) as tif:
+        yield tif
 
 
 def _imread_tiff(spec: InputSpec, chunks: tuple[int, ...] | None) -> da.Array:
@@ -1436,7 +1464,7 @@ def _write_block(
     block: np.ndarray, store: str, component: str, region: tuple, index: tuple
 ) -> np.ndarray:
     """Write one block into its region, then mark it done; return its statistics."""
-    zarr.open_array(store, path=component, mode="r+")[tuple(slice(a, b) for a, b in region)] = block
+    zarr.open_array(storage.zarr_store(store), path=component, mode="r+")[tuple(slice(a, b) for a, b in region)] = block
     stats = [block.size, block.min(), block.max(), block.sum(dtype=np.float64)] if block.size else [0, 0, 0, 0]
     stats = [float(v) for v in stats]
     _mark_block_done(store, index, stats)
@@ -1445,20 +1473,23 @@ def _write_block(
 
 def _mark_block_done(store: str, index: tuple, stats: list[float]) -> None:
     """Record a finished block and its statistics: a small file, renamed into place."""
-    folder = Path(store) / _DONE_FOLDER
-    folder.mkdir(exist_ok=True)
-    name = "_".join(str(int(i)) for i in index)
-    tmp = folder / f"{name}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps([float(v) for v in stats]))
-    os.replace(tmp, folder / name)
+    folder = storage.join(store, _DONE_FOLDER)
+    storage.makedirs(folder)
+    storage.write_text(storage.join(folder, "_".join(str(int(i)) for i in index)), json.dumps([float(v) for v in stats]))
 
 
 def _remove_old_store(store: str) -> None:
     """Delete an existing zarr store at `store`; refuse to delete anything else."""
-    if "://" in store or not os.path.lexists(store):
+    if storage.is_url(store):
+        if _has_zarr_metadata(store):
+            storage.remove_tree(store)
+        elif storage.exists(store):
+            raise ValueError(f"{store} exists and is not a zarr store; refusing to overwrite it")
         return
-    if os.path.isdir(store) and not os.path.islink(store) and _has_zarr_metadata(Path(store)):
-        shutil.rmtree(store)
+    if not os.path.lexists(store):
+        return
+    if os.path.isdir(store) and not os.path.islink(store) and _has_zarr_metadata(store):
+        storage.remove_tree(store)
         return
     raise ValueError(f"{store} exists and is not a zarr store; refusing to overwrite it")
 
@@ -1510,10 +1541,10 @@ def _check_ref(ref: Any) -> None:
 
 def _check_stored_array(ref: ArrayRef) -> None:
     """ValueError unless the store holds an array matching `ref`."""
-    if "://" not in ref.store and not os.path.exists(ref.store):
+    if not storage.exists(ref.store):
         raise FileNotFoundError(f"store {ref.store} does not exist")
     try:
-        array = zarr.open_array(ref.store, path=ref.component, mode="r")
+        array = zarr.open_array(storage.zarr_store(ref.store), path=ref.component, mode="r")
     except (zarr.errors.NodeNotFoundError, zarr.errors.NodeTypeValidationError) as exc:
         raise ValueError(f"store {ref.store} has no array at component {ref.component!r}") from exc
     if array.shape != ref.shape or array.dtype != np.dtype(ref.dtype):
@@ -1525,10 +1556,10 @@ def _check_stored_array(ref: ArrayRef) -> None:
 
 def _open_group(store: str) -> zarr.Group:
     """Open a zarr group for update; FileNotFoundError/ValueError naming `store`."""
-    if "://" not in store and not os.path.exists(store):
+    if not storage.exists(store):
         raise FileNotFoundError(f"store {store} does not exist")
     try:
-        return zarr.open_group(store, mode="r+")
+        return zarr.open_group(storage.zarr_store(store), mode="r+")
     except zarr.errors.NodeNotFoundError as exc:
         raise ValueError(f"{store} is not a zarr group") from exc
 
@@ -1603,12 +1634,28 @@ def _parse_column(texts: list[str]) -> np.ndarray:
 # --------------------------------------------------------------------------- small helpers
 
 
-def _existing(text: str, what: str) -> Path:
-    """Absolute resolved path; InputNotFoundError naming it if it does not exist."""
-    path = Path(text).resolve()
-    if not path.exists():
+def _existing(text: str, what: str) -> str:
+    """Absolute resolved path (or URL); InputNotFoundError naming it if it does not exist."""
+    path = _real(text)
+    if not storage.exists(path):
         raise InputNotFoundError(f"{what} not found: {path}")
     return path
+
+
+@contextmanager
+def _reaching(location: Any):
+    """Storage that cannot be reached (no credentials, no such bucket, a package missing) as an InputError naming it."""
+    try:
+        yield
+    except InputError:
+        raise
+    except OSError as exc:
+        raise InputError(f"cannot reach {location}: {_one_line(exc)}") from exc
+
+
+def _real(location: str) -> str:
+    """A URL as it is; a local path absolute, with symlinks resolved."""
+    return location if storage.is_url(location) else str(Path(location).resolve())
 
 
 def _check_chunks(chunks: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -1624,23 +1671,22 @@ def _check_chunks(chunks: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(c) for c in chunks)
 
 
-def _is_tiff_name(path: Path) -> bool:
+def _is_tiff_name(path: str | os.PathLike) -> bool:
     """Whether `path` has a TIFF suffix."""
-    return path.suffix.lower() in TIFF_SUFFIXES
+    return os.path.splitext(os.fspath(path))[1].lower() in TIFF_SUFFIXES
 
 
-def _has_zarr_metadata(path: Path) -> bool:
+def _has_zarr_metadata(path: str) -> bool:
     """Whether directory `path` holds zarr v2 or v3 metadata."""
-    return any((path / name).is_file() for name in ("zarr.json", ".zarray", ".zgroup"))
+    return any(storage.isfile(storage.join(path, name)) for name in ("zarr.json", ".zarray", ".zgroup"))
 
 
-def _file_stat(path: str) -> tuple[str, int, int]:
-    """(path, size, mtime_ns) of an input file."""
+def _file_stat(path: str) -> tuple[str, int, str]:
+    """(path, size, version) of an input file: its modification time, or its object's ETag."""
     try:
-        stat = os.stat(path)
+        return storage.stat(path)
     except FileNotFoundError as exc:
         raise InputNotFoundError(f"input not found: {path}") from exc
-    return (path, stat.st_size, stat.st_mtime_ns)
 
 
 def _stat_token(paths: Sequence[str]) -> str:
@@ -1650,26 +1696,20 @@ def _stat_token(paths: Sequence[str]) -> str:
 
 def _zarr_stat(store: str, component: str, chunk_files: bool = True) -> list[Any]:
     """Stats of a store's metadata files along `component` (+ array files' count, bytes, newest mtime)."""
-    root = Path(store)
-    if not root.is_dir():
+    if not storage.isdir(store):
         raise InputNotFoundError(f"zarr store not found: {store}")
-    folders = [root]
+    folders, relative = [store], [""]
     for part in [p for p in component.split("/") if p]:
-        folders.append(folders[-1] / part)
+        folders.append(storage.join(folders[-1], part))
+        relative.append(f"{relative[-1]}{part}/")
     parts: list[Any] = [store, component]
-    for folder in folders:
+    for folder, where in zip(folders, relative):
         for name in _ZARR_METADATA:
-            meta = folder / name
-            if meta.is_file():
-                stat = meta.stat()
-                parts.append((str(meta.relative_to(root)), stat.st_size, stat.st_mtime_ns))
+            meta = storage.join(folder, name)
+            if storage.isfile(meta):
+                parts.append((where + name, *storage.stat(meta)[1:]))
     if chunk_files:
-        count = size = newest = 0
-        for dirpath, _, files in os.walk(folders[-1]):
-            for name in files:
-                stat = os.stat(os.path.join(dirpath, name))
-                count, size, newest = count + 1, size + stat.st_size, max(newest, stat.st_mtime_ns)
-        parts.append((count, size, newest))
+        parts.append(storage.tree_stats(folders[-1]))
     return parts
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from imageops import get_op
 from imageops.measure import physical_columns
 from imageops.registry import OpParams
-from tasks import io, lift, ome
+from tasks import io, lift, ome, storage
 from tasks.axes import ImageAxes
 from tasks.cluster import compute_each, compute_on_cluster
 from tasks.ome import Calibration
@@ -201,7 +201,7 @@ def run_table_step(
     started = time.perf_counter()
     fp = step_fingerprint(params, labels, intensity)
     if io.table_is_complete(table_path, fp):
-        record = json.loads(io.table_record_path(table_path).read_text())
+        record = json.loads(storage.read_text(io.table_record_path(table_path)))
         ref = TableRef(str(table_path), record["rows"], tuple(record["columns"]), fp)
         return StepResult(ref, time.perf_counter() - started, status="cached", info={"rows": record["rows"]})
     columns = measure_columns(params, labels, intensity=intensity, compute=compute)

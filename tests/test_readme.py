@@ -70,6 +70,9 @@ NOT_RUN = {
         "needs a scheduler at that address; both its forms run here against the session's scheduler: "
         "`--cluster tcp://host:8786` in the first block that shows it (address adapted), and HALOFLOW_CLUSTER, "
         "which this test sets for every example (ENVIRONMENT)",
+    "export AWS_PROFILE=imaging AWS_ENDPOINT_URL=https://s3.example.org":
+        "needs an S3 service with those buckets and that profile; tests/flows/test_object_storage.py runs "
+        "`haloflow run` with input, stores and tables on s3:// against an S3 server on 127.0.0.1",
 }
 
 #: Text replaced in the blocks that run: (text, replacement, why). ``{scheduler}``: the session's Dask scheduler.

@@ -54,9 +54,13 @@ def test_inspect_one_plane(demo_run, capsys):
     assert "plane 12" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("make", ["missing", "file", "no record", "not a record"])
+@pytest.mark.parametrize("make", ["missing", "file", "no record", "not a record", "url"])
 def test_inspect_refuses_a_folder_that_is_not_a_run(tmp_path, capsys, make):
     target = tmp_path / "target"
+    if make == "url":
+        assert cli_main(["inspect", "s3://bucket/run"]) == 2
+        assert "s3://bucket/run: haloflow inspect reads local output folders only" in capsys.readouterr().err
+        return
     if make == "file":
         target.write_text("hello")
     elif make in ("no record", "not a record"):
