@@ -91,7 +91,7 @@ def batch_image_stage(
     work = [
         dask.delayed(steps.isolated)(
             steps.run_image_step, params, upstream, stores[image], name=key, chunks=_image_chunks(upstream, chunks),
-            compute=steps.local_compute, compute_blocks=steps.sync_compute_blocks,
+            compute=steps.local_compute, compute_blocks=steps.sync_compute_blocks, pyramid=False,
         )
         for image, upstream in upstreams.items()
     ]

@@ -124,6 +124,7 @@ def run_image_step(
     compute=cluster_compute,
     compute_blocks=None,
     on_progress=None,
+    pyramid: bool = True,
 ) -> StepResult:
     """Apply one image-, mask- or label-producing op and write its OME-Zarr store.
 
@@ -137,6 +138,8 @@ def run_image_step(
 
     ``compute_blocks(collections, on_done)`` computes the block writes (default:
     on the caller's cluster, reporting progress to ``on_progress(done, total)``).
+    ``pyramid=False``: no lower-resolution levels (a batch image, small enough
+    to be processed whole, is read whole by a viewer too).
     """
     started = time.perf_counter()
     info = get_op(params.op)
@@ -163,7 +166,7 @@ def run_image_step(
         raise RuntimeError(f"{store}: {stats['count']} of {int(np.prod(ref.shape))} voxels were written")
     blocks = {"total": int(np.prod(io.block_grid(ref))), "written": len(writes), "reused": len(done)}
     found = {**found, "stats": {k: v for k, v in stats.items() if k != "count"}, "blocks": blocks}
-    levels = io.write_pyramid(ref, compute)
+    levels = io.write_pyramid(ref, compute) if pyramid else []
     if levels:
         found["levels"] = [list(ref.shape), *map(list, levels)]
     if ref.kind == "labels":

@@ -103,11 +103,8 @@ def isdir(location: str) -> bool:
 
 
 def makedirs(location: str) -> None:
-    """Create a local folder (and its parents); object stores need none."""
-    if is_url(location):
-        fs, path = filesystem(location)
-        fs.makedirs(path, exist_ok=True)
-    else:
+    """Create a local folder (and its parents); object stores have no folders to create."""
+    if not is_url(location):
         os.makedirs(location, exist_ok=True)
 
 

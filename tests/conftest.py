@@ -17,7 +17,9 @@ prefect_server : flows.runner.LocalServer or None (session)
     The server started here, ``None`` when the API came from the environment.
 dask_cluster : str (session)
     Scheduler address of a 2-worker, 1-thread-per-worker ``LocalCluster`` (worker
-    processes, 127.0.0.1, no dashboard).  Use it with
+    processes, 127.0.0.1, no dashboard), whose workers reach the S3 server.
+s3_server, s3 : (session), (function)
+    An S3-compatible server (moto) on 127.0.0.1, and a fresh bucket on it (``tests/s3.py``).  Use it with
     ``some_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))``.
 """
 
@@ -32,6 +34,7 @@ import warnings
 import pytest
 
 from flows.runner import LocalServer, drain_prefect_workers, start_local_server
+from tests.s3 import s3, s3_server  # noqa: F401  (fixtures: an S3 server on 127.0.0.1, a fresh bucket)
 from tests.serving import serve  # noqa: F401  (fixture: a `haloflow serve` process)
 
 _SERVER_KEY = pytest.StashKey["LocalServer | None"]()
@@ -119,10 +122,11 @@ def prefect_server(pytestconfig: pytest.Config) -> LocalServer | None:
 
 
 @pytest.fixture(scope="session")
-def dask_cluster(prefect_api_url: str):
+def dask_cluster(prefect_api_url: str, s3_server):
     """Scheduler address of a session-wide 2-process ``distributed.LocalCluster``.
 
-    Its worker processes inherit ``PREFECT_API_URL`` from this process.
+    Its worker processes inherit ``PREFECT_API_URL`` from this process, and the
+    environment that points S3 clients at the session's S3 server (``s3_server``).
     """
     import distributed
 

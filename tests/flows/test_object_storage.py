@@ -1,9 +1,9 @@
 """Object storage: input, stores and tables on ``s3://``, against a real S3 server on loopback (moto).
 
-``haloflow run`` is a subprocess, as a user types it; it finds the server
-through the standard AWS environment (``AWS_ENDPOINT_URL`` and credentials),
-which its Dask workers inherit. Results are compared with the same pipeline
-run on local files.
+``haloflow run --cluster`` is a subprocess, as a user types it, sending its
+chunk work to the session's Dask cluster; the run and the workers find the
+server through the standard AWS environment (``AWS_ENDPOINT_URL`` and
+credentials). Results are compared with the same pipeline run on local files.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from flows.demo import demo_volume
 from flows.pipeline import batch_flow, large_image_flow
 from flows.runner import make_task_runner
 from tasks import io, storage
-from tests.s3 import S3, s3, s3_server  # noqa: F401  (fixtures)
+from tests.s3 import S3
 
 pytestmark = pytest.mark.slow
 
@@ -38,10 +38,10 @@ IMAGES = ["01_gaussian.ome.zarr", "02_threshold.ome.zarr", "03_label.ome.zarr"]
 TABLE = "04_measure.csv"
 
 
-def run_cli(spec: dict, folder: Path, *extra: str) -> subprocess.CompletedProcess:
+def run_cli(spec: dict, folder: Path, cluster: str) -> subprocess.CompletedProcess:
     path = folder / f"spec-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(spec))
-    command = [sys.executable, "-m", "flows.cli", "run", str(path), "--workers", "1", *extra]
+    command = [sys.executable, "-m", "flows.cli", "run", str(path), "--cluster", cluster]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
@@ -60,16 +60,16 @@ def assert_same_outputs(remote: str, local: Path, images=IMAGES, table=TABLE) ->
 
 
 def test_large_image_on_s3_equals_the_local_run_and_an_identical_rerun_is_cached(s3: S3, tmp_path, dask_cluster):
-    image = demo_volume((20, 48, 56), n_objects=12, seed=4)
+    image = demo_volume((20, 50, 56), n_objects=12, seed=4)
     tifffile.imwrite(tmp_path / "volume.tif", image)
     source = s3.put(tmp_path / "volume.tif", "in", "volume.tif")
     out = s3.url("runs", "first")
-    spec = {"input": source, "chunks": [7, 19, 23], "steps": STEPS, "output": out}
+    spec = {"input": source, "chunks": [12, 24, 30], "steps": STEPS, "output": out}
 
-    first = run_cli(spec, tmp_path)
+    first = run_cli(spec, tmp_path, dask_cluster)
     assert first.returncode == 0, first.stderr[-3000:]
     local = large_image_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))(
-        input=str(tmp_path / "volume.tif"), steps=STEPS, output=str(tmp_path / "local"), chunks=[7, 19, 23],
+        input=str(tmp_path / "volume.tif"), steps=STEPS, output=str(tmp_path / "local"), chunks=[12, 24, 30],
     )
     assert local["status"] == "completed"
     assert_same_outputs(out, tmp_path / "local")
@@ -82,7 +82,7 @@ def test_large_image_on_s3_equals_the_local_run_and_an_identical_rerun_is_cached
     written = {name: when for name, when in s3.last_modified("runs", "first").items() if "/.haloflow/" not in name
                and not name.endswith("run.json")}
     time.sleep(1.1)  # S3 dates have one-second resolution: a rewrite would show
-    again = run_cli(spec, tmp_path)
+    again = run_cli(spec, tmp_path, dask_cluster)
     assert again.returncode == 0, again.stderr[-3000:]
     record = json.loads(storage.read_text(storage.join(out, "run.json")))
     assert [s["status"] for s in record["stages"]] == ["cached"] * 4
@@ -90,7 +90,7 @@ def test_large_image_on_s3_equals_the_local_run_and_an_identical_rerun_is_cached
     assert after == written, "an identical rerun wrote objects again"
 
 
-def test_batch_from_an_s3_glob_into_s3_equals_the_local_run(s3: S3, tmp_path, dask_cluster):
+def test_batch_flow_from_an_s3_glob_into_s3_equals_the_local_run(s3: S3, tmp_path, dask_cluster):
     folder = tmp_path / "images"
     folder.mkdir()
     for index in range(3):
@@ -98,11 +98,10 @@ def test_batch_from_an_s3_glob_into_s3_equals_the_local_run(s3: S3, tmp_path, da
     for index in range(3):
         s3.put(folder / f"cell{index}.tif", "batch", f"cell{index}.tif")
     out = s3.url("runs", "batch")
-    result = run_cli({"flow": "batch", "input": s3.url("batch", "*.tif"), "steps": STEPS, "output": out}, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    local = batch_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))(
-        input=str(folder / "*.tif"), steps=STEPS, output=str(tmp_path / "local"),
-    )
+    on_cluster = batch_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))
+    remote = on_cluster(input=s3.url("batch", "*.tif"), steps=STEPS, output=out)
+    assert remote["status"] == "completed" and remote["output"] == out
+    local = on_cluster(input=str(folder / "*.tif"), steps=STEPS, output=str(tmp_path / "local"))
     assert local["status"] == "completed"
     for index in range(3):
         stem = f"cell{index}"

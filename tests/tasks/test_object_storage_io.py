@@ -12,7 +12,7 @@ import zarr
 
 from tasks.api import op_params
 from tasks import io, steps, storage
-from tests.s3 import S3, s3, s3_server  # noqa: F401  (fixtures)
+from tests.s3 import S3
 
 TIFF_LAYOUTS = {"contiguous": {}, "strips": {"compression": "zlib", "rowsperstrip": 8}, "tiles": {"tile": (16, 16)}}
 
