@@ -25,11 +25,13 @@ s3_server, s3 : (session), (function)
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import tempfile
 import warnings
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,6 +40,8 @@ from tests.s3 import s3, s3_server  # noqa: F401  (fixtures: an S3 server on 127
 from tests.serving import serve  # noqa: F401  (fixture: a `haloflow serve` process)
 
 _SERVER_KEY = pytest.StashKey["LocalServer | None"]()
+#: The session server's address, for pytest-xdist workers (they run no pytest_configure of their own).
+_SERVER_ENV = "HALOFLOW_TEST_SESSION_SERVER"
 _ENV_KEY = pytest.StashKey["dict[str, str | None]"]()
 
 #: Environment for the session, set before prefect is imported.
@@ -66,7 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "its settings will not see the session's PREFECT_API_URL",
             stacklevel=1,
         )
-    saved: dict[str, str | None] = {key: os.environ.get(key) for key in (*_SESSION_ENV, "PREFECT_API_URL")}
+    saved: dict[str, str | None] = {key: os.environ.get(key) for key in (*_SESSION_ENV, "PREFECT_API_URL", _SERVER_ENV)}
     os.environ.update(_SESSION_ENV)  # before the server starts: it reads the scheduler settings
     config.stash[_ENV_KEY] = saved
     server: LocalServer | None = None
@@ -78,6 +82,8 @@ def pytest_configure(config: pytest.Config) -> None:
             shutil.rmtree(home, ignore_errors=True)
             raise
         os.environ["PREFECT_API_URL"] = server.api_url
+        # pytest-xdist workers inherit the environment, not this object: they rebuild its address from here.
+        os.environ[_SERVER_ENV] = json.dumps({"url": server.url, "api_url": server.api_url, "port": server.port, "pid": server.pid})
     config.stash[_SERVER_KEY] = server
     config.stash[_ENV_KEY] = saved
 
@@ -117,8 +123,11 @@ def prefect_api_url() -> str:
 
 @pytest.fixture(scope="session")
 def prefect_server(pytestconfig: pytest.Config) -> LocalServer | None:
-    """The local server started for this session, or ``None`` if the API was external."""
-    return pytestconfig.stash.get(_SERVER_KEY, None)
+    """The local server started for this session (its address, in a pytest-xdist worker), or ``None`` if the API was external."""
+    server = pytestconfig.stash.get(_SERVER_KEY, None)
+    if server is None and os.environ.get(_SERVER_ENV):
+        return SimpleNamespace(**json.loads(os.environ[_SERVER_ENV]))
+    return server
 
 
 @pytest.fixture(scope="session")
@@ -141,3 +150,15 @@ def dask_cluster(prefect_api_url: str, s3_server):
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
     ) as cluster:
         yield cluster.scheduler_address
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the tests that serve deployments run on one worker, one after the other.
+
+    They serve deployments of the same names (``large-image/large-image``) on
+    the session's Prefect server: two ``haloflow serve`` processes at once
+    would take each other's runs.
+    """
+    for item in items:
+        if "deployments" in item.path.parts and item.path.parent.name == "deployments":
+            item.add_marker(pytest.mark.xdist_group("prefect-deployments"))

@@ -22,11 +22,13 @@ STEPS = [
 ]
 
 
-def latest_artifact(api_url: str, key: str) -> dict:
-    response = httpx.post(f"{api_url}/artifacts/latest/filter", json={"artifacts": {"key": {"any_": [key]}}})
+def run_artifact(api_url: str, run_id: str, key: str) -> dict:
+    """The artifact with `key` that flow run `run_id` made (other runs, even at the same time, make their own)."""
+    query = {"artifacts": {"key": {"any_": [key]}, "flow_run_id": {"any_": [run_id]}}, "sort": "CREATED_DESC", "limit": 1}
+    response = httpx.post(f"{api_url}/artifacts/filter", json=query)
     response.raise_for_status()
     found = response.json()
-    assert found, f"no artifact with key {key!r}"
+    assert found, f"no artifact with key {key!r} from flow run {run_id}"
     return found[0]
 
 
@@ -46,12 +48,16 @@ def finished_run(tmp_path_factory, dask_cluster):
     folder = tmp_path_factory.mktemp("artifacts")
     tifffile.imwrite(folder / "v.tif", demo_volume((16, 64, 48), n_objects=20, seed=3))
     flow = large_image_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))
-    result = flow(input=str(folder / "v.tif"), steps=STEPS, output=str(folder / "out"), chunks=[8, 32, 24])
-    return folder / "out", result
+    state = flow(input=str(folder / "v.tif"), steps=STEPS, output=str(folder / "out"), chunks=[8, 32, 24], return_state=True)
+    return folder / "out", state.result(), str(state.state_details.flow_run_id)
 
 
 def test_each_stage_has_its_table_picture_link_and_progress(finished_run, prefect_api_url):
-    out, result = finished_run
+    out, result, run_id = finished_run
+
+    def latest_artifact(api_url: str, key: str) -> dict:
+        return run_artifact(api_url, run_id, key)
+
     objects = result["stages"][2]["info"]["objects"]
     label = table_fields(latest_artifact(prefect_api_url, "large-image-03-label"))
     assert label["shape"] == "(16, 64, 48)" and label["dtype"] == "uint32" and label["chunks"] == "(8, 32, 24)"
@@ -75,9 +81,8 @@ def test_each_stage_has_its_table_picture_link_and_progress(finished_run, prefec
 def test_stage_picture_renders_in_the_prefect_ui(finished_run, prefect_api_url, prefect_server, tmp_path):
     if prefect_server is None:
         pytest.skip("the session uses an external Prefect API; its UI is not ours to drive")
-    artifact = latest_artifact(prefect_api_url, "large-image-03-label-picture")
-    # The latest-artifact collection's own id is not the artifact's: the page wants ``latest_id``.
-    page_url = f"{prefect_server.url}/artifacts/artifact/{artifact['latest_id']}"
+    artifact = run_artifact(prefect_api_url, finished_run[2], "large-image-03-label-picture")
+    page_url = f"{prefect_server.url}/artifacts/artifact/{artifact['id']}"
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(page_url)
