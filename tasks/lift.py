@@ -305,6 +305,5 @@ def _assemble_layer(faces: np.ndarray, offsets: np.ndarray, axis: int, k: int, s
 def _relabel_block(block: np.ndarray, connectivity, offsets: np.ndarray, lut: np.ndarray, block_info=None):
     """Phase 2 for one block: label it again and map it to the final numbering."""
     location = tuple(block_info[0]["chunk-location"])
-    labels, _ = label_ops.label_block(block, connectivity)
-    provisional = label_ops.offset_labels(labels, offsets[location])
-    return lut[provisional]
+    labels, n = label_ops.label_block(block, connectivity)
+    return label_ops.block_table(lut, int(offsets[location]), n)[labels]
