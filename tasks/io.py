@@ -1436,11 +1436,27 @@ def _write_block(
     block: np.ndarray, store: str, component: str, region: tuple, index: tuple
 ) -> np.ndarray:
     """Write one block into its region, then mark it done; return its statistics."""
-    zarr.open_array(store, path=component, mode="r+")[tuple(slice(a, b) for a, b in region)] = block
     stats = [block.size, block.min(), block.max(), block.sum(dtype=np.float64)] if block.size else [0, 0, 0, 0]
     stats = [float(v) for v in stats]
+    array = zarr.open_array(store, path=component, mode="r+")
+    if not _may_be_fill(stats, array.fill_value):
+        # zarr compares every chunk with the fill value before writing it (to skip empty
+        # chunks): a full pass, three for floats; the statistics already rule it out.
+        array = array.with_config({"write_empty_chunks": True})
+    array[tuple(slice(a, b) for a, b in region)] = block
     _mark_block_done(store, index, stats)
     return np.asarray(stats, dtype=np.float64).reshape((4,) + (1,) * (block.ndim - 1))
+
+
+def _may_be_fill(stats: list[float], fill_value: Any) -> bool:
+    """Whether a block with these ``[count, min, max, sum]`` statistics may hold nothing but the fill value.
+
+    >>> _may_be_fill([4.0, 0.0, 0.0, 0.0], 0), _may_be_fill([4.0, 0.0, 1.0, 1.0], 0), _may_be_fill([4.0, 0.0, 0.0, 0.0], 1)
+    (True, False, False)
+    """
+    count, low, high, _ = stats
+    fill = float(fill_value)
+    return count == 0 or (low == fill and high == fill) or not (np.isfinite(low) and np.isfinite(high))
 
 
 def _mark_block_done(store: str, index: tuple, stats: list[float]) -> None:
