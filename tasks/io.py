@@ -34,7 +34,7 @@ import numpy as np
 import tifffile
 import zarr
 from dask.base import tokenize
-from zarr.codecs import ZstdCodec
+from zarr.codecs import BloscCodec, ZstdCodec
 
 from tasks import ome
 from tasks.axes import ImageAxes
@@ -87,9 +87,24 @@ _DEFAULT_AXES = {
     5: ("t", "c", "z", "y", "x"),
 }
 # zstd level 1: in a quick check on noisy uint16 images it wrote about twice as
-# fast as zarr's default zstd level and about as fast as blosc-lz4, at ~60 % size,
-# without blosc's own thread pool competing with dask's workers.
+# fast as zarr's default zstd level and about as fast as blosc-lz4, at ~60 % size.
+# Float stores use blosc-lz4 with byte shuffle instead (_store_codec).
 _STORE_CODEC = ZstdCodec(level=1)
+
+
+def _store_codec(dtype: np.dtype):
+    """The compressor of a store's arrays: zstd level 1, but blosc-lz4 with byte shuffle for floats.
+
+    On a gaussian-filtered uint16 volume's float32 blocks (64x512x512, one
+    thread) zstd level 1 wrote in 0.28 CPU s, read in 0.22 s, to 81 % of the
+    raw size; blosc-lz4 with byte shuffle wrote in 0.14 s, read in 0.08 s, to
+    71 %. On masks, labels and noisy uint16 zstd level 1 stays smaller
+    (0.8 %, 0.3 %, 92 % against 2.7 %, 0.9 %, 100 %). zarr runs codecs off the
+    main thread, where numcodecs' blosc uses no threads of its own.
+    """
+    if np.dtype(dtype).kind == "f":
+        return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
+    return _STORE_CODEC
 
 
 class InputError(ValueError):
@@ -515,7 +530,7 @@ def create_store(
         shape=shape,
         dtype=dtype,
         chunks=chunks,
-        compressors=_STORE_CODEC,
+        compressors=_store_codec(dtype),
         dimension_names=axis_names,
     )
     return ArrayRef(store, "0", shape, dtype.name, chunks, kind, fingerprint)
@@ -709,7 +724,7 @@ def write_pyramid(ref: ArrayRef, compute: Any = None, *, min_size: int = ome.PYR
             level = base[tuple(slice(0, n * f, f) for n, f in zip(shape, level_factors))]
         chunks = tuple(max(1, min(c, n)) for c, n in zip(ref.chunks, shape))
         group.create_array(
-            str(number), shape=shape, dtype=dtype, chunks=chunks, compressors=_STORE_CODEC,
+            str(number), shape=shape, dtype=dtype, chunks=chunks, compressors=_store_codec(dtype),
             dimension_names=names, overwrite=True,
         )
         levels.append(level.rechunk(chunks))
