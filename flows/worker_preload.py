@@ -6,7 +6,8 @@ after the other, while the flow waits; preloaded, the workers import them in
 parallel while the cluster starts.
 
 It also gives the worker's memory allocator back the thresholds glibc
-settles on by itself (:func:`tune_malloc`).
+settles on by itself (:func:`tune_malloc`), and turns off the worker's
+statistical profiler (:data:`QUIET`), read after preloads run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
+import dask
 import prefect.task_engine  # noqa: F401
 
 import tasks.stages  # noqa: F401  (the stage tasks, and through them the ops, SciPy, scikit-image, zarr)
@@ -43,4 +45,10 @@ def tune_malloc() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+#: Dask settings of the worker process. Its profiler samples every computing thread's stack every
+#: 10 ms (for the dashboard, which local clusters here do not serve): about 1 CPU s of a 10 s
+#: 64x1024x1024 run's stages on two workers.
+QUIET = {"distributed.worker.profile.enabled": False}
+
 tune_malloc()
+dask.config.set(QUIET)
