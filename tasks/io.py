@@ -17,9 +17,11 @@ lower-resolution levels by :func:`write_pyramid` (and label colours by
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import json
 import math
+import operator
 import os
 import re
 import shutil
@@ -718,7 +720,7 @@ def write_pyramid(ref: ArrayRef, compute: Any = None, *, min_size: int = ome.PYR
         shape = ome.level_shape(ref.shape, level_factors)
         if centred:
             step = {axis: f // p for axis, (f, p) in enumerate(zip(level_factors, previous or (1,) * ref.ndim)) if f != p}
-            current = da.coarsen(np.mean, current, step, trim_excess=True)
+            current = da.coarsen(_window_mean, current, step, trim_excess=True)
             level = _cast_mean(current, dtype)
         else:
             level = base[tuple(slice(0, n * f, f) for n, f in zip(shape, level_factors))]
@@ -1355,6 +1357,46 @@ class _ZarrTarget:
 
     def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
         zarr.open_array(self.store, path=self.component, mode="r+")[key] = value
+
+
+def _window_mean(windows: np.ndarray, axis: tuple[int, ...] | None = None) -> np.ndarray:
+    """``np.mean(windows, axis=axis)`` for the small windows of a pyramid level, bit for bit, several times faster.
+
+    ``np.mean`` reduces each window with a strided loop; here whole slices
+    are added in the order NumPy adds a window's values (the last window
+    axis first, in pairs, then the rest one after the other in C order), so
+    the rounding is the same; ``tests/tasks/test_io_ome.py`` checks it
+    against ``np.mean``. Float input only (integer images are averaged in float64).
+    """
+    if windows.dtype.kind != "f":
+        raise TypeError(f"pyramid means are taken on floats, got {windows.dtype}")
+    if axis is None:  # dask's coarsen asks for its meta this way
+        return np.mean(windows)
+    wide = [a for a in axis if windows.shape[a] > 1]
+    if not wide:
+        return windows.sum(axis=axis)
+    inner = wide[-1]
+    pairs = functools.reduce(operator.add, (_take(windows, inner, i) for i in range(windows.shape[inner])))
+    outer = [a - (a > inner) for a in axis if a != inner]  # the remaining window axes, in ``pairs``
+    positions = list(np.ndindex(*(pairs.shape[a] for a in outer)))
+    total = _at(pairs, outer, positions[0]).copy()
+    for position in positions[1:]:
+        total += _at(pairs, outer, position)
+    total /= math.prod(windows.shape[a] for a in axis)
+    return total
+
+
+def _take(array: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """``array[..., index, ...]`` on ``axis`` (a view, the axis dropped)."""
+    return array[(slice(None),) * axis + (index,)]
+
+
+def _at(array: np.ndarray, axes: list[int], position: tuple[int, ...]) -> np.ndarray:
+    """The view of ``array`` at ``position`` on ``axes`` (those axes dropped)."""
+    index: list[Any] = [slice(None)] * array.ndim
+    for a, p in zip(axes, position):
+        index[a] = p
+    return array[tuple(index)]
 
 
 def _cast_mean(mean: da.Array, dtype: np.dtype) -> da.Array:
