@@ -145,7 +145,7 @@ def run_image_step(
         return _cached_result(store, started)
     image = open_lazy(upstream, chunks)
     axes = upstream_axes(upstream)
-    result, found = lift.lift(image, params, compute, axes=axes)
+    result, found = lift.lift(image, params, compute, axes=axes, value_range=recorded_range(upstream, image.dtype))
     out_axes = lift.output_axes(params, axes)  # a ``channel`` step drops the channel axis
     ref = io.resumable(store, fp)
     status = "computed" if ref is None else "resumed"
@@ -172,6 +172,24 @@ def run_image_step(
         io.set_image_label(ref, None if stats["max"] is None else int(stats["max"]), source)
     io.mark_complete(ref, **found)
     return StepResult(ref, time.perf_counter() - started, status=status, info=found)
+
+
+def recorded_range(upstream: Upstream, dtype) -> tuple | None:
+    """The smallest and largest value a stored stage recorded when it was written, as scalars of ``dtype``.
+
+    None for the source image, for a store that recorded none (or not
+    finite ones), and for dtypes whose values a float64 may not hold exactly
+    (integers wider than 32 bits): the caller then finds them itself.
+    """
+    dtype = np.dtype(dtype)
+    exact = dtype.kind == "f" or (dtype.kind in "iu" and dtype.itemsize <= 4)
+    if not isinstance(upstream, ArrayRef) or not exact:
+        return None
+    stats = io.store_info(upstream.store).get("stats") or {}
+    low, high = stats.get("min"), stats.get("max")
+    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or not np.isfinite([low, high]).all():
+        return None
+    return dtype.type(low), dtype.type(high)
 
 
 def sync_compute_blocks(collections, on_done=None):
