@@ -77,9 +77,12 @@ def on_cluster(spec, out: Path, workers: int, report: Path | None, spy: Path | N
     def submit(function, *args, **kwargs):
         name = getattr(args[0], "op", "stage")
         context = performance_report(str(report / f"{name}.html")) if report else nullcontext()
+        before = worker_metrics(client)
         with context, get_task_stream(client) as stream:
             result = client.submit(function, *args, **kwargs, pure=False).result()
         print(json.dumps({"stage": name, "tasks": task_stream_summary(stream.data)}), flush=True)
+        print(json.dumps({"stage": name, "metrics": metrics_summary(before, worker_metrics(client, settle=True))}),
+              flush=True)
         return result
 
     try:
@@ -110,6 +113,24 @@ def task_stream_summary(records: list[dict]) -> dict:
     top = sorted(compute.items(), key=lambda kv: -kv[1])[:12]
     return {"compute_s": {k: [round(v, 2), counts[k]] for k, v in top}, "transfer_s": round(moved_s, 2),
             "transfers": transfers, "transfer_inputs_mib": round(moved_mib, 1)}
+
+
+def worker_metrics(client, settle: bool = False) -> dict:
+    """The scheduler's cumulative fine performance metrics of all workers (after their next heartbeats)."""
+    if settle:
+        time.sleep(2.5)  # workers send their metrics with their heartbeats
+    return client.run_on_scheduler(lambda dask_scheduler: dict(dask_scheduler.cumulative_worker_metrics))
+
+
+def metrics_summary(before: dict, after: dict, top: int = 14) -> dict:
+    """Seconds by (context, task prefix, activity) spent during one stage, largest first."""
+    spent = {}
+    for key, value in after.items():
+        if isinstance(key, tuple) and key[-1] == "seconds":
+            delta = value - before.get(key, 0.0)
+            if delta > 0.01:
+                spent[" ".join(str(k) for k in key[:-1])] = round(delta, 2)
+    return dict(sorted(spent.items(), key=lambda kv: -kv[1])[:top])
 
 
 def in_process(spec, out: Path) -> list[dict]:
