@@ -256,6 +256,7 @@ def _run(spec, args, cluster) -> int:
         state = flow.with_options(task_runner=runner)(
             input=spec.input, steps=spec.steps, output=spec.output, chunks=spec.chunks,
             channel_axis=spec.channel_axis, time_axis=spec.time_axis, return_state=True,
+            **({"keep": spec.keep} if spec.keep is not None else {}),
         )
         result = state.result(raise_on_failure=False) if state.is_completed() or state.is_failed() else None
     seconds = time.perf_counter() - started

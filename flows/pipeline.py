@@ -14,12 +14,12 @@ from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from flows.cluster import check_workers_reach
 from flows.record import RunRecord, check_chunks, prepare_output, stage_key
 from flows.runner import make_task_runner
-from flows.spec import (InputField, PipelineSpec, SpecError, StepChoice, check_data_roots, input_with_axes, spec_paths,
-                        step_name)
+from flows.spec import (InputField, PipelineSpec, SpecError, StepChoice, check_data_roots, input_with_axes, kept_steps,
+                        spec_paths, step_name)
 from tasks import io, storage
 from tasks.artifacts import artifact_key, publish_failures
 from tasks.reference import fingerprint
-from tasks.steps import ImageFailure, StepResult, step_fingerprint
+from tasks.steps import ImageFailure, StepResult, fuse, step_fingerprint, stored_root
 from tasks.stages import batch_image_stage, batch_table_stage, image_stage, table_stage
 
 
@@ -31,11 +31,12 @@ def large_image_flow(
     chunks: list[int] | None = None,
     channel_axis: int | None = None,
     time_axis: int | None = None,
+    keep: list[str] | None = None,
 ) -> dict[str, Any]:
     """One image too large for memory: every step over chunks, exact across chunk borders."""
     spec = PipelineSpec(
         flow="large_image", input=input, steps=steps, output=output, chunks=chunks,
-        channel_axis=channel_axis, time_axis=time_axis,
+        channel_axis=channel_axis, time_axis=time_axis, keep=keep,
     )
     check_data_roots(spec)
     source = input_with_axes(spec, io.resolve_input(spec.to_input()))
@@ -47,9 +48,13 @@ def large_image_flow(
     logger = get_run_logger()
     images: dict[str, Any] = {"input": source}
     upstream: Any = source
-    for number, step in enumerate(spec.steps, start=1):
+    for number, (step, kept) in enumerate(zip(spec.steps, kept_steps(spec.steps, spec.keep)), start=1):
         key = stage_key(number, step)
         artifact = artifact_key("large-image", key)
+        if not kept:  # computed inside the next stage's chunk tasks, never written
+            upstream = fuse(step, upstream, key)
+            record.add_fused(number, step, upstream)
+            continue
         if step.op == "measure":
             intensity = measure_intensity(step, images)
             table = storage.join(out, f"{key}.csv")
@@ -57,7 +62,7 @@ def large_image_flow(
             stage = table_stage.with_options(**stage_options(results_at, fresh))
             result = run_stage(stage, step, upstream, table, key, intensity, artifact)
         else:
-            first_chunks = spec.chunks if upstream is source else None
+            first_chunks = spec.chunks if stored_root(upstream) is source else None
             store = storage.join(out, f"{key}.ome.zarr")
             fresh = not io.is_complete(store, step_fingerprint(step, upstream))
             stage = image_stage.with_options(**stage_options(results_at, fresh))

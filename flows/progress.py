@@ -28,7 +28,7 @@ from imageops import get_op
 from flows.spec import PipelineSpec, SpecError, input_with_axes
 from tasks import io, storage
 from tasks.reference import ArrayRef
-from tasks.steps import step_fingerprint
+from tasks.steps import fuse, step_fingerprint
 
 __all__ = ["Progress", "RunWatcher"]
 
@@ -197,8 +197,11 @@ class RunWatcher:
         return Progress(key, done, len(images), "images")
 
     def _upstream(self, stages: list[dict[str, Any]], image: str | None):
-        """What the next image stage reads: the last image stage's store, or the input."""
-        for entry in reversed(stages):
+        """What the next image stage reads: the last image stage's store (or a step fused on it), or the input."""
+        for index in reversed(range(len(stages))):
+            entry = stages[index]
+            if image is None and entry.get("kind") == "fused":
+                return fuse(self.spec.steps[entry["step"] - 1], self._upstream(stages[:index], None), entry["name"])
             if image is None and entry.get("kind") == "array":
                 return ArrayRef.from_dict(entry["ref"])
             if image is not None and "images" in entry:

@@ -114,6 +114,13 @@ class RunRecord:
         self.data["stages"].append(entry)
         self.save()
 
+    def add_fused(self, number: int, step, fused) -> None:
+        """A step not kept: no store, computed inside the next stage (whose ``info.fused`` holds what it found)."""
+        entry = {"step": number, "name": stage_key(number, step), "op": step.op, "kind": "fused", "status": "fused",
+                 "seconds": 0.0, "fingerprint": fused.fingerprint}
+        self.data["stages"].append(entry)
+        self.save()
+
     def add_batch_stage(self, number: int, step, results: dict, seconds: float) -> None:
         self.data["stages"].append(
             {

@@ -134,6 +134,12 @@ class PipelineSpec(BaseModel):
         title="Output folder",
         description="Where each step's OME-Zarr store or CSV table and run.json go; created if missing.",
     )
+    keep: list[str] | None = Field(
+        None, title="Stores to keep",
+        description="Names of the image steps whose OME-Zarr stores are written (a step's name, or its op); each "
+        "other image step is computed inside the next kept step's chunk tasks and never written. The last image "
+        "step and the images a measure step reads must be kept. Default: all. large_image flow only.",
+    )
     cluster: ClusterField | None = Field(
         None, title="Dask cluster",
         description="A scheduler address (tcp://host:port), or {class: dask_jobqueue.SLURMCluster, kwargs: {...}, "
@@ -144,6 +150,11 @@ class PipelineSpec(BaseModel):
     @model_validator(mode="after")
     def _steps_fit_together(self):
         check_steps(self.steps)
+        return self
+
+    @model_validator(mode="after")
+    def _kept_steps_fit(self):
+        check_keep(self.steps, self.keep, self.flow)
         return self
 
     @model_validator(mode="after")
@@ -253,6 +264,42 @@ def check_steps(steps) -> None:
                 raise ValueError(f"{where} {field}: {ref!r} is not an earlier image step; known: {known}")
         names.setdefault(name, info.gives)
         kind = info.gives
+
+
+def kept_steps(steps, keep: list[str] | None) -> list[bool]:
+    """For every step, whether its output is written: tables always; image steps if ``keep`` names them (or is None)."""
+    return [keep is None or step.op == "measure" or step_name(step) in keep for step in steps]
+
+
+def check_keep(steps, keep: list[str] | None, flow: str = "large_image") -> None:
+    """Refuse a ``keep`` list that names no image step, or leaves out a store a later step or the user needs.
+
+    The last image step's store is the run's result; a measure step reads
+    the labels before it and its intensity images from their stores.
+
+    >>> check_keep([GaussianStep(sigma=1), ThresholdStep(method="otsu")], ["gaussian"])
+    Traceback (most recent call last):
+    ...
+    ValueError: keep: 'threshold' must be kept (the last image step)
+    """
+    if keep is None:
+        return
+    if flow != "large_image":
+        raise ValueError(f"keep: only the large_image flow computes steps inside the next one's chunk tasks, not {flow}")
+    images = [step_name(s) for s in steps if s.op != "measure"]
+    unknown = [name for name in keep if name not in images]
+    if unknown:
+        raise ValueError(f"keep: {unknown} name no image step; the image steps are {images}")
+    needed = {images[-1]: "the last image step"} if images else {}
+    for index, step in enumerate(steps):
+        if step.op != "measure":
+            continue
+        labels = [step_name(s) for s in steps[:index] if s.op != "measure"][-1:]
+        needed.update({name: f"steps[{index}] (measure) reads it" for name in labels})
+        needed.update({ref: f"steps[{index}] (measure) reads it" for _, ref in step.intensity_refs() if ref != "input"})
+    for name, why in needed.items():
+        if name not in keep:
+            raise ValueError(f"keep: {name!r} must be kept ({why})")
 
 
 def load_spec(source: str | Path | dict) -> PipelineSpec:

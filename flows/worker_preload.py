@@ -4,10 +4,51 @@ A fresh worker process otherwise pays these imports (Prefect's task engine,
 SciPy, scikit-image, zarr) when its first stage task lands on it, one worker
 after the other, while the flow waits; preloaded, the workers import them in
 parallel while the cluster starts.
+
+It also gives the worker's memory allocator back the thresholds glibc
+settles on by itself (:func:`tune_malloc`), and turns off the worker's
+statistical profiler (:data:`QUIET`), read after preloads run.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+
+import dask
 import prefect.task_engine  # noqa: F401
 
 import tasks.stages  # noqa: F401  (the stage tasks, and through them the ops, SciPy, scikit-image, zarr)
+
+#: glibc ``mallopt`` parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+#: Blocks below this size come from the heap, not from a fresh ``mmap`` each (glibc's own ceiling).
+MMAP_THRESHOLD = 32 * 2**20
+#: Free memory kept at the top of a heap before it is returned to the system (twice the above, as glibc does).
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
+
+
+def tune_malloc() -> bool:
+    """Let chunk-sized temporaries reuse heap memory instead of a fresh ``mmap`` (and page faults) each time.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``; set at
+    all, it stops glibc from raising its mmap threshold as it otherwise does,
+    so every array over 128 KiB is mapped, zeroed by the kernel and unmapped
+    again. Measured on a 4-Mvoxel float32 block: ``np.histogram`` 0.09-0.14 CPU s
+    in such a worker, 0.04 s in a plain process or after this call. Returns
+    False where there is no glibc ``mallopt`` (nothing changed).
+    """
+    name = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+#: Dask settings of the worker process. Its profiler samples every computing thread's stack every
+#: 10 ms (for the dashboard, which local clusters here do not serve): about 1 CPU s of a 10 s
+#: 64x1024x1024 run's stages on two workers.
+QUIET = {"distributed.worker.profile.enabled": False}
+
+tune_malloc()
+dask.config.set(QUIET)

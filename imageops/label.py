@@ -41,7 +41,7 @@ def label_block(mask, connectivity: int | None = None) -> tuple[np.ndarray, int]
     mask = check_array(mask, "mask")
     labels = np.empty(mask.shape, dtype=np.int32)
     n = ndi.label(mask, structure=structure(mask.ndim, connectivity), output=labels)
-    return labels.astype(LABEL_DTYPE, copy=False), int(n)
+    return labels.view(LABEL_DTYPE), int(n)  # labels are >= 0: the same values, no copy
 
 
 def offset_labels(labels, offset: int) -> np.ndarray:
@@ -52,6 +52,24 @@ def offset_labels(labels, offset: int) -> np.ndarray:
     """
     labels = np.asarray(labels, dtype=np.int64)
     return np.where(labels > 0, labels + offset, 0)
+
+
+def block_table(table, offset: int, n: int) -> np.ndarray:
+    """The entries of a global lookup ``table`` that one block's own labels 0..n index.
+
+    ``block_table(table, offset, n)[labels]`` equals
+    ``table[offset_labels(labels, offset)]`` for a block's labels 1..n
+    shifted by ``offset``, without making the block's int64 global numbering.
+
+    >>> table = np.array([0, 5, 6, 7, 8])
+    >>> labels = np.array([0, 1, 2])
+    >>> block_table(table, 2, 2)[labels].tolist(), table[offset_labels(labels, 2)].tolist()
+    ([0, 7, 8], [0, 7, 8])
+    """
+    table = np.asarray(table)
+    if n < 0 or offset < 0 or offset + n >= len(table):
+        raise ValueError(f"labels 1..{n} shifted by {offset} do not fit a table of {len(table)} entries")
+    return np.concatenate([table[:1], table[offset + 1 : offset + n + 1]])
 
 
 def face_pairs(low, high, axis: int, connectivity: int | None = None) -> np.ndarray:

@@ -17,8 +17,10 @@ lower-resolution levels by :func:`write_pyramid` (and label colours by
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
+import operator
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -34,7 +36,7 @@ import numpy as np
 import tifffile
 import zarr
 from dask.base import tokenize
-from zarr.codecs import ZstdCodec
+from zarr.codecs import BloscCodec, ZstdCodec
 
 from tasks import ome, storage
 from tasks.axes import ImageAxes
@@ -87,9 +89,24 @@ _DEFAULT_AXES = {
     5: ("t", "c", "z", "y", "x"),
 }
 # zstd level 1: in a quick check on noisy uint16 images it wrote about twice as
-# fast as zarr's default zstd level and about as fast as blosc-lz4, at ~60 % size,
-# without blosc's own thread pool competing with dask's workers.
+# fast as zarr's default zstd level and about as fast as blosc-lz4, at ~60 % size.
+# Float stores use blosc-lz4 with byte shuffle instead (_store_codec).
 _STORE_CODEC = ZstdCodec(level=1)
+
+
+def _store_codec(dtype: np.dtype):
+    """The compressor of a store's arrays: zstd level 1, but blosc-lz4 with byte shuffle for floats.
+
+    On a gaussian-filtered uint16 volume's float32 blocks (64x512x512, one
+    thread) zstd level 1 wrote in 0.28 CPU s, read in 0.22 s, to 81 % of the
+    raw size; blosc-lz4 with byte shuffle wrote in 0.14 s, read in 0.08 s, to
+    71 %. On masks, labels and noisy uint16 zstd level 1 stays smaller
+    (0.8 %, 0.3 %, 92 % against 2.7 %, 0.9 %, 100 %). zarr runs codecs off the
+    main thread, where numcodecs' blosc uses no threads of its own.
+    """
+    if np.dtype(dtype).kind == "f":
+        return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
+    return _STORE_CODEC
 
 
 class InputError(ValueError):
@@ -522,7 +539,7 @@ def create_store(
         shape=shape,
         dtype=dtype,
         chunks=chunks,
-        compressors=_STORE_CODEC,
+        compressors=_store_codec(dtype),
         dimension_names=axis_names,
     )
     return ArrayRef(store, "0", shape, dtype.name, chunks, kind, fingerprint)
@@ -709,13 +726,13 @@ def write_pyramid(ref: ArrayRef, compute: Any = None, *, min_size: int = ome.PYR
         shape = ome.level_shape(ref.shape, level_factors)
         if centred:
             step = {axis: f // p for axis, (f, p) in enumerate(zip(level_factors, previous or (1,) * ref.ndim)) if f != p}
-            current = da.coarsen(np.mean, current, step, trim_excess=True)
+            current = da.coarsen(_window_mean, current, step, trim_excess=True)
             level = _cast_mean(current, dtype)
         else:
             level = base[tuple(slice(0, n * f, f) for n, f in zip(shape, level_factors))]
         chunks = tuple(max(1, min(c, n)) for c, n in zip(ref.chunks, shape))
         group.create_array(
-            str(number), shape=shape, dtype=dtype, chunks=chunks, compressors=_STORE_CODEC,
+            str(number), shape=shape, dtype=dtype, chunks=chunks, compressors=_store_codec(dtype),
             dimension_names=names, overwrite=True,
         )
         levels.append(level.rechunk(chunks))
@@ -1343,6 +1360,46 @@ class _ZarrTarget:
         zarr.open_array(storage.zarr_store(self.store), path=self.component, mode="r+")[key] = value
 
 
+def _window_mean(windows: np.ndarray, axis: tuple[int, ...] | None = None) -> np.ndarray:
+    """``np.mean(windows, axis=axis)`` for the small windows of a pyramid level, bit for bit, several times faster.
+
+    ``np.mean`` reduces each window with a strided loop; here whole slices
+    are added in the order NumPy adds a window's values (the last window
+    axis first, in pairs, then the rest one after the other in C order), so
+    the rounding is the same; ``tests/tasks/test_io_ome.py`` checks it
+    against ``np.mean``. Float input only (integer images are averaged in float64).
+    """
+    if windows.dtype.kind != "f":
+        raise TypeError(f"pyramid means are taken on floats, got {windows.dtype}")
+    if axis is None:  # dask's coarsen asks for its meta this way
+        return np.mean(windows)
+    wide = [a for a in axis if windows.shape[a] > 1]
+    if not wide:
+        return windows.sum(axis=axis)
+    inner = wide[-1]
+    pairs = functools.reduce(operator.add, (_take(windows, inner, i) for i in range(windows.shape[inner])))
+    outer = [a - (a > inner) for a in axis if a != inner]  # the remaining window axes, in ``pairs``
+    positions = list(np.ndindex(*(pairs.shape[a] for a in outer)))
+    total = _at(pairs, outer, positions[0]).copy()
+    for position in positions[1:]:
+        total += _at(pairs, outer, position)
+    total /= math.prod(windows.shape[a] for a in axis)
+    return total
+
+
+def _take(array: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """``array[..., index, ...]`` on ``axis`` (a view, the axis dropped)."""
+    return array[(slice(None),) * axis + (index,)]
+
+
+def _at(array: np.ndarray, axes: list[int], position: tuple[int, ...]) -> np.ndarray:
+    """The view of ``array`` at ``position`` on ``axes`` (those axes dropped)."""
+    index: list[Any] = [slice(None)] * array.ndim
+    for a, p in zip(axes, position):
+        index[a] = p
+    return array[tuple(index)]
+
+
 def _cast_mean(mean: da.Array, dtype: np.dtype) -> da.Array:
     """Window means (float64) in the image's dtype: rounded and clipped to range for integers."""
     if dtype.kind in "iu":
@@ -1464,11 +1521,27 @@ def _write_block(
     block: np.ndarray, store: str, component: str, region: tuple, index: tuple
 ) -> np.ndarray:
     """Write one block into its region, then mark it done; return its statistics."""
-    zarr.open_array(storage.zarr_store(store), path=component, mode="r+")[tuple(slice(a, b) for a, b in region)] = block
     stats = [block.size, block.min(), block.max(), block.sum(dtype=np.float64)] if block.size else [0, 0, 0, 0]
     stats = [float(v) for v in stats]
+    array = zarr.open_array(storage.zarr_store(store), path=component, mode="r+")
+    if not _may_be_fill(stats, array.fill_value):
+        # zarr compares every chunk with the fill value before writing it (to skip empty
+        # chunks): a full pass, three for floats; the statistics already rule it out.
+        array = array.with_config({"write_empty_chunks": True})
+    array[tuple(slice(a, b) for a, b in region)] = block
     _mark_block_done(store, index, stats)
     return np.asarray(stats, dtype=np.float64).reshape((4,) + (1,) * (block.ndim - 1))
+
+
+def _may_be_fill(stats: list[float], fill_value: Any) -> bool:
+    """Whether a block with these ``[count, min, max, sum]`` statistics may hold nothing but the fill value.
+
+    >>> _may_be_fill([4.0, 0.0, 0.0, 0.0], 0), _may_be_fill([4.0, 0.0, 1.0, 1.0], 0), _may_be_fill([4.0, 0.0, 0.0, 0.0], 1)
+    (True, False, False)
+    """
+    count, low, high, _ = stats
+    fill = float(fill_value)
+    return count == 0 or (low == fill and high == fill) or not (np.isfinite(low) and np.isfinite(high))
 
 
 def _mark_block_done(store: str, index: tuple, stats: list[float]) -> None:

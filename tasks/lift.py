@@ -31,22 +31,35 @@ Compute = Callable[..., tuple]
 GlobalLift = Callable[[da.Array, OpParams, Compute], tuple[da.Array, dict[str, Any]]]
 #: The lifting of every op that is neither pointwise nor neighbourhood, by op name.
 GLOBAL_LIFTS: dict[str, GlobalLift] = {}
+#: The global ops whose lifting takes the image's known range (``value_range=(min, max)``) instead of a pass to find it.
+TAKES_RANGE: set[str] = set()
 
 
-def lifts(op: str):
-    """Register the decorated function as the lifting of global op ``op``."""
+def lifts(op: str, *, takes_range: bool = False):
+    """Register the decorated function as the lifting of global op ``op``.
+
+    ``takes_range``: it accepts ``value_range=(min, max)``, the image's
+    smallest and largest value when they are known already.
+    """
 
     def register(function: GlobalLift) -> GlobalLift:
         if op in GLOBAL_LIFTS:
             raise ValueError(f"op {op!r} has two liftings")
         GLOBAL_LIFTS[op] = function
+        if takes_range:
+            TAKES_RANGE.add(op)
         return function
 
     return register
 
 
 def lift(
-    image: da.Array, params: OpParams, compute: Compute = dask.compute, *, axes: ImageAxes | None = None
+    image: da.Array,
+    params: OpParams,
+    compute: Compute = dask.compute,
+    *,
+    axes: ImageAxes | None = None,
+    value_range: tuple | None = None,
 ) -> tuple[da.Array, dict[str, Any]]:
     """Any image-producing op on a dask array: the lazy result and what its global phase found.
 
@@ -63,6 +76,11 @@ def lift(
 
     ``channel`` runs on the whole array, before any split into pieces: it
     takes the channel axis away (:func:`select_channel`, :func:`output_axes`).
+
+    ``value_range``: the whole image's smallest and largest value, as scalars
+    of its dtype, when they are known (a stored stage records them); a
+    global op that needs them (:data:`TAKES_RANGE`) then skips its pass over
+    the image to find them. Not used on pieces.
     """
     if params.op == "channel":
         return select_channel(image, params, axes), {}
@@ -75,6 +93,8 @@ def lift(
 
     if params.op not in GLOBAL_LIFTS:
         raise ValueError(f"op {params.op!r} has no lifting onto chunks")
+    if value_range is not None and params.op in TAKES_RANGE:
+        return GLOBAL_LIFTS[params.op](image, params, compute, value_range=value_range)
     return GLOBAL_LIFTS[params.op](image, params, compute)
 
 
@@ -131,16 +151,19 @@ def lift_local(image: da.Array, params: OpParams) -> da.Array:
     )
 
 
-def threshold_value(image: da.Array, params: ThresholdParams, compute: Compute = dask.compute):
-    """The global threshold of ``image``, equal to scikit-image's on the whole image."""
+def threshold_value(image: da.Array, params: ThresholdParams, compute: Compute = dask.compute, value_range=None):
+    """The global threshold of ``image``, equal to scikit-image's on the whole image.
+
+    ``value_range``: the image's ``(min, max)`` as scalars of its dtype, if
+    known (no pass over the image to find them).
+    """
     if params.method == "manual":
         return params.value
     if params.method in threshold_ops.PASS_METHODS:
         from tasks import lift_filters
 
         return lift_filters.threshold_by_passes(image, params.method, compute)
-    vmin, vmax = compute(image.min(), image.max())
-    vmin, vmax = vmin[()], vmax[()]
+    vmin, vmax = value_range if value_range is not None else min_max(image, compute)
     if vmin == vmax or not (np.isfinite(vmin) and np.isfinite(vmax)):
         return threshold_ops.threshold_from_histogram(params.method, None, None, vmin, vmax)
     centers = threshold_ops.bin_centers(image.dtype, vmin, vmax)
@@ -154,14 +177,22 @@ def threshold_value(image: da.Array, params: ThresholdParams, compute: Compute =
     return threshold_ops.threshold_from_histogram(params.method, counts, centers, vmin, vmax)
 
 
+def min_max(image: da.Array, compute: Compute = dask.compute) -> tuple:
+    """The smallest and largest value of ``image``, scalars of its dtype, in one pass (NaN if it holds NaN)."""
+    vmin, vmax = compute(image.min(), image.max())
+    return vmin[()], vmax[()]
+
+
 def apply_threshold(image: da.Array, value) -> da.Array:
     """Lazy mask ``image > value``."""
     return image.map_blocks(threshold_ops.apply_threshold, value, dtype=bool, meta=np.empty((0,) * image.ndim, bool))
 
 
-def threshold(image: da.Array, params: ThresholdParams, compute: Compute = dask.compute) -> tuple[da.Array, Any]:
+def threshold(
+    image: da.Array, params: ThresholdParams, compute: Compute = dask.compute, value_range=None
+) -> tuple[da.Array, Any]:
     """Global threshold: the value now, the mask lazily."""
-    value = threshold_value(image, params, compute)
+    value = threshold_value(image, params, compute, value_range)
     return apply_threshold(image, value), value
 
 
@@ -251,9 +282,9 @@ def intensity_on_label_chunks(labels: da.Array, intensity: da.Array | Sequence[d
     )
 
 
-@lifts("threshold")
-def _threshold_stage(image, params, compute):
-    mask, value = threshold(image, params, compute)
+@lifts("threshold", takes_range=True)
+def _threshold_stage(image, params, compute, value_range=None):
+    mask, value = threshold(image, params, compute, value_range)
     return mask, {"threshold": value.item() if isinstance(value, np.generic) else value}
 
 
@@ -305,6 +336,5 @@ def _assemble_layer(faces: np.ndarray, offsets: np.ndarray, axis: int, k: int, s
 def _relabel_block(block: np.ndarray, connectivity, offsets: np.ndarray, lut: np.ndarray, block_info=None):
     """Phase 2 for one block: label it again and map it to the final numbering."""
     location = tuple(block_info[0]["chunk-location"])
-    labels, _ = label_ops.label_block(block, connectivity)
-    provisional = label_ops.offset_labels(labels, offsets[location])
-    return lut[provisional]
+    labels, n = label_ops.label_block(block, connectivity)
+    return label_ops.block_table(lut, int(offsets[location]), n)[labels]

@@ -179,5 +179,5 @@ def _block_summary(block: np.ndarray, connectivity: int, invert: bool, outer) ->
 def _paint_block(block, connectivity: int, invert: bool, offsets: np.ndarray, table: np.ndarray, block_info=None):
     """Phase 2 for one block: label it again and look every voxel's region up in ``table``."""
     location = tuple(block_info[0]["chunk-location"])
-    labels, _ = label_ops.label_block(~block if invert else block, connectivity)
-    return table[label_ops.offset_labels(labels, offsets[location])]
+    labels, n = label_ops.label_block(~block if invert else block, connectivity)
+    return label_ops.block_table(table, int(offsets[location]), n)[labels]

@@ -27,8 +27,41 @@ from tasks.cluster import compute_each, compute_on_cluster
 from tasks.ome import Calibration
 from tasks.reference import ArrayRef, TableRef, fingerprint
 
-# What a step reads: a stored stage, or the pipeline's source image.
-Upstream = ArrayRef | io.InputSpec
+@dataclass(frozen=True)
+class Fused:
+    """A step whose store is not kept: computed inside the chunk tasks of the step that reads it.
+
+    ``upstream`` is what the fused step itself reads; ``fingerprint`` is the
+    fingerprint its store would have had (:func:`fuse`), so the steps after
+    it get the fingerprints, cache keys and stores of a run that keeps all.
+    """
+
+    params: OpParams
+    upstream: "Upstream"
+    name: str
+    fingerprint: str
+
+
+# What a step reads: a stored stage, the pipeline's source image, or a step computed on the fly.
+Upstream = ArrayRef | io.InputSpec | Fused
+
+
+def fuse(params: OpParams, upstream: Upstream, name: str) -> Fused:
+    """Step ``params`` on ``upstream``, not stored: the next step computes it in its own chunk tasks.
+
+    Any image-producing op can be fused; a global one (threshold, label)
+    runs its global phase when the reading step builds its graph.
+    """
+    if get_op(params.op).gives not in io.STORE_KINDS:
+        raise ValueError(f"step {name} ({params.op}) gives a {get_op(params.op).gives}, not an image: it cannot be fused")
+    return Fused(params, upstream, name, step_fingerprint(params, upstream))
+
+
+def stored_root(upstream: Upstream) -> ArrayRef | io.InputSpec:
+    """The stored stage or source image beneath any fused steps."""
+    while isinstance(upstream, Fused):
+        upstream = upstream.upstream
+    return upstream
 
 
 @dataclass(frozen=True)
@@ -80,7 +113,7 @@ local_compute = partial(dask.compute, scheduler="synchronous")
 
 
 def upstream_fingerprint(upstream: Upstream) -> str:
-    return upstream.fingerprint if isinstance(upstream, ArrayRef) else upstream.fingerprint()
+    return upstream.fingerprint if isinstance(upstream, (ArrayRef, Fused)) else upstream.fingerprint()
 
 
 def step_fingerprint(
@@ -104,13 +137,32 @@ def open_lazy(upstream: Upstream, chunks=None) -> da.Array:
     return io.imread(upstream, chunks=chunks)
 
 
+def open_upstream(upstream: Upstream, chunks=None, compute=cluster_compute) -> tuple[da.Array, dict[str, Any]]:
+    """The lazy array a step reads, with any fused steps beneath it lifted on, and what their global phases found.
+
+    ``chunks`` apply to the stored stage or source image at the bottom;
+    what was found is keyed by the fused steps' names.
+    """
+    if not isinstance(upstream, Fused):
+        return open_lazy(upstream, chunks), {}
+    image, found = open_upstream(upstream.upstream, chunks, compute)
+    known = recorded_range(upstream.upstream, image.dtype)
+    result, own = lift.lift(image, upstream.params, compute, axes=upstream_axes(upstream.upstream), value_range=known)
+    return result, {**found, upstream.name: own}
+
+
 def upstream_axes(upstream: Upstream) -> ImageAxes:
     """The channel and time axes of a step's input: as its store's OME metadata, or the source image, says."""
+    if isinstance(upstream, Fused):
+        return lift.output_axes(upstream.params, upstream_axes(upstream.upstream))
     return io.store_axes(upstream.store) if isinstance(upstream, ArrayRef) else upstream.axes
 
 
 def upstream_calibration(upstream: Upstream) -> Calibration:
     """The physical pixel sizes and units of a step's input: its store's OME metadata, or the source image's."""
+    if isinstance(upstream, Fused):
+        below = upstream_calibration(upstream.upstream)
+        return _kept_calibration(below, upstream_axes(upstream.upstream), upstream_axes(upstream))
     return io.store_calibration(upstream.store) if isinstance(upstream, ArrayRef) else upstream.calibration
 
 
@@ -146,9 +198,11 @@ def run_image_step(
     fp = step_fingerprint(params, upstream)
     if io.is_complete(store, fp):
         return _cached_result(store, started)
-    image = open_lazy(upstream, chunks)
+    image, fused = open_upstream(upstream, chunks, compute)
     axes = upstream_axes(upstream)
-    result, found = lift.lift(image, params, compute, axes=axes)
+    result, found = lift.lift(image, params, compute, axes=axes, value_range=recorded_range(upstream, image.dtype))
+    if fused:
+        found = {**found, "fused": fused}
     out_axes = lift.output_axes(params, axes)  # a ``channel`` step drops the channel axis
     ref = io.resumable(store, fp)
     status = "computed" if ref is None else "resumed"
@@ -175,6 +229,24 @@ def run_image_step(
         io.set_image_label(ref, None if stats["max"] is None else int(stats["max"]), source)
     io.mark_complete(ref, **found)
     return StepResult(ref, time.perf_counter() - started, status=status, info=found)
+
+
+def recorded_range(upstream: Upstream, dtype) -> tuple | None:
+    """The smallest and largest value a stored stage recorded when it was written, as scalars of ``dtype``.
+
+    None for the source image, for a store that recorded none (or not
+    finite ones), and for dtypes whose values a float64 may not hold exactly
+    (integers wider than 32 bits): the caller then finds them itself.
+    """
+    dtype = np.dtype(dtype)
+    exact = dtype.kind == "f" or (dtype.kind in "iu" and dtype.itemsize <= 4)
+    if not isinstance(upstream, ArrayRef) or not exact:
+        return None
+    stats = io.store_info(upstream.store).get("stats") or {}
+    low, high = stats.get("min"), stats.get("max")
+    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or not np.isfinite([low, high]).all():
+        return None
+    return dtype.type(low), dtype.type(high)
 
 
 def sync_compute_blocks(collections, on_done=None):

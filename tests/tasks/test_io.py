@@ -290,6 +290,31 @@ def test_open_store_ref_rejects_foreign_store(tmp_path):
     assert not is_complete(tmp_path / "foreign.zarr")
 
 
+@pytest.mark.parametrize(("dtype", "codec"), [("float32", "blosc"), ("float64", "blosc"), ("uint16", "zstd"),
+                                           ("bool", "zstd"), ("uint32", "zstd")])
+def test_float_stores_are_blosc_lz4_shuffled_the_others_zstd(tmp_path, dtype, codec):
+    ref = _small_store(tmp_path / "s.zarr", dtype=dtype)
+    (compressor,) = zarr.open_array(ref.store, path="0", mode="r").compressors
+    assert type(compressor).__name__.lower().startswith(codec)
+    if codec == "blosc":
+        assert (compressor.cname.value, compressor.shuffle.value) == ("lz4", "shuffle")
+        assert compressor.typesize == np.dtype(dtype).itemsize
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint16", "bool"])
+def test_write_blocks_leaves_all_zero_chunks_out_of_the_store(tmp_path, dtype):
+    data = np.zeros((4, 6), dtype=dtype)
+    data[0, 3] = 1  # block (0, 1) holds a nonzero value, block (0, 0) and row 2-3 blocks do not
+    if dtype == "float32":
+        data[2, 4] = np.nan  # and a non-finite one: written, read back as NaN
+    ref = _small_store(tmp_path / "s.zarr", shape=data.shape, dtype=dtype, chunks=(2, 3))
+    dask.compute(*write_blocks(da.from_array(data, chunks=(2, 3)), ref).values())
+    chunk_files = {tuple(int(i) for i in p.relative_to(tmp_path / "s.zarr" / "0" / "c").parts)
+                   for p in (tmp_path / "s.zarr" / "0" / "c").rglob("*") if p.is_file()}
+    assert chunk_files == ({(0, 1), (1, 1)} if dtype == "float32" else {(0, 1)})
+    np.testing.assert_array_equal(read_ref(ref).compute(), data)
+
+
 def test_write_blocks_checks_shape_and_dtype(tmp_path):
     ref = _small_store(tmp_path / "s.zarr")
     with pytest.raises(ValueError, match="dtype"):

@@ -205,6 +205,26 @@ def test_pyramid_levels_equal_level_zero_downsampled(tmp_path, kind, dtype):
             assert len(transforms) == 1
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "shape, step",
+    [((64, 256, 256), {1: 2, 2: 2}), ((9, 33, 21), {1: 2, 2: 2}), ((16, 64, 64), {0: 2, 1: 2, 2: 2}),
+     ((9, 33, 21), {0: 2, 1: 2, 2: 2}), ((5, 40), {0: 1, 1: 2}), ((6, 7), {0: 1, 1: 1}), ((3, 12, 9), {1: 4, 2: 3})],
+)
+def test_pyramid_window_mean_is_numpys_mean_bit_for_bit(shape, step, dtype):
+    from dask.array.chunk import coarsen
+
+    rng = np.random.default_rng(sum(shape))
+    data = (rng.standard_normal(shape) * 10.0 ** rng.integers(-8, 8, size=shape)).astype(dtype)
+    data.flat[::7] = 0.0
+    data.flat[3::11] = -0.0
+    expected = coarsen(np.mean, data, step, trim_excess=True)
+    got = coarsen(io._window_mean, data, step, trim_excess=True)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    assert np.array_equal(np.signbit(got), np.signbit(expected))
+
+
 def test_small_stores_get_no_pyramid(tmp_path):
     ref = io.create_store(tmp_path / "s.ome.zarr", shape=(64, 511, 300), dtype=np.uint8, chunks=(64, 256, 300),
                           kind="image", fingerprint="f", name="s")

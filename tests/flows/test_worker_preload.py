@@ -1,0 +1,29 @@
+"""The local workers' preload: imports, and the worker settings it makes before the worker starts its timers."""
+
+from __future__ import annotations
+
+import platform
+
+import dask
+import distributed
+import pytest
+
+from flows import worker_preload
+
+
+def _worker_settings(dask_worker):
+    return dask.config.get("distributed.worker.profile.enabled"), sorted(dask_worker.periodic_callbacks)
+
+
+def test_preloaded_workers_run_no_statistical_profiler():
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, preload=["flows.worker_preload"]) as cluster:
+        with distributed.Client(cluster) as client:
+            ((enabled, callbacks),) = client.run(_worker_settings).values()
+    assert enabled is False
+    assert "profile" not in callbacks and "heartbeat" in callbacks
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc mallopt only")
+def test_tune_malloc_sets_glibc_thresholds():
+    assert worker_preload.tune_malloc() is True
