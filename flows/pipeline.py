@@ -82,11 +82,12 @@ def batch_flow(
     chunks: list[int] | None = None,
     channel_axis: int | None = None,
     time_axis: int | None = None,
+    keep: list[str] | None = None,
 ) -> dict[str, Any]:
     """Many images, each processed on its own; tables joined with an ``image`` column first."""
     spec = PipelineSpec(
         flow="batch", input=input, steps=steps, output=output, chunks=chunks,
-        channel_axis=channel_axis, time_axis=time_axis,
+        channel_axis=channel_axis, time_axis=time_axis, keep=keep,
     )
     check_data_roots(spec)
     paths = io.list_batch_images(spec.input)
@@ -104,9 +105,13 @@ def batch_flow(
     logger = get_run_logger()
     images: dict[str, dict[str, Any]] = {"input": dict(sources)}
     upstream: dict[str, Any] = dict(sources)
-    for number, step in enumerate(spec.steps, start=1):
+    for number, (step, kept) in enumerate(zip(spec.steps, kept_steps(spec.steps, spec.keep)), start=1):
         key = stage_key(number, step)
         started = time.perf_counter()
+        if not kept:  # computed, image by image, inside the next kept stage's work, never written
+            upstream = {stem: fuse(step, up, key) for stem, up in upstream.items()}
+            record.add_fused(number, step)
+            continue
         if step.op == "measure":
             named = {stem: {n: found[stem] for n, found in images.items() if stem in found} for stem in upstream}
             intensity = {stem: measure_intensity(step, named[stem]) for stem in upstream} if step.intensity else None
@@ -117,7 +122,7 @@ def batch_flow(
             record.add_stage(number, step, result, seconds=time.perf_counter() - started)
         else:
             stores = {stem: storage.join(out, stem, f"{key}.ome.zarr") for stem in upstream}
-            first_chunks = spec.chunks if number == 1 else None
+            first_chunks = spec.chunks if all(stored_root(up) is sources[s] for s, up in upstream.items()) else None
             fresh = not all(io.is_complete(stores[s], step_fingerprint(step, up)) for s, up in upstream.items())
             stage = batch_image_stage.with_options(**stage_options(results_at, fresh))
             future = stage.submit(step, upstream, stores, key, first_chunks, artifact_key("batch", key))

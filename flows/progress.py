@@ -200,8 +200,9 @@ class RunWatcher:
         """What the next image stage reads: the last image stage's store (or a step fused on it), or the input."""
         for index in reversed(range(len(stages))):
             entry = stages[index]
-            if image is None and entry.get("kind") == "fused":
-                return fuse(self.spec.steps[entry["step"] - 1], self._upstream(stages[:index], None), entry["name"])
+            if entry.get("kind") == "fused":
+                below = self._upstream(stages[:index], image)
+                return None if below is None else fuse(self.spec.steps[entry["step"] - 1], below, entry["name"])
             if image is None and entry.get("kind") == "array":
                 return ArrayRef.from_dict(entry["ref"])
             if image is not None and "images" in entry:

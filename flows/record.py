@@ -114,10 +114,15 @@ class RunRecord:
         self.data["stages"].append(entry)
         self.save()
 
-    def add_fused(self, number: int, step, fused) -> None:
-        """A step not kept: no store, computed inside the next stage (whose ``info.fused`` holds what it found)."""
+    def add_fused(self, number: int, step, fused=None) -> None:
+        """A step not kept: no store, computed inside the next stage (whose ``info.fused`` holds what it found).
+
+        ``fused``: the large image's fused step (its fingerprint is recorded); none for a batch's images.
+        """
         entry = {"step": number, "name": stage_key(number, step), "op": step.op, "kind": "fused", "status": "fused",
-                 "seconds": 0.0, "fingerprint": fused.fingerprint}
+                 "seconds": 0.0}
+        if fused is not None:
+            entry["fingerprint"] = fused.fingerprint
         self.data["stages"].append(entry)
         self.save()
 

@@ -138,7 +138,7 @@ class PipelineSpec(BaseModel):
         None, title="Stores to keep",
         description="Names of the image steps whose OME-Zarr stores are written (a step's name, or its op); each "
         "other image step is computed inside the next kept step's chunk tasks and never written. The last image "
-        "step and the images a measure step reads must be kept. Default: all. large_image flow only.",
+        "step and the images a measure step reads must be kept. Default: all.",
     )
     cluster: ClusterField | None = Field(
         None, title="Dask cluster",
@@ -154,7 +154,7 @@ class PipelineSpec(BaseModel):
 
     @model_validator(mode="after")
     def _kept_steps_fit(self):
-        check_keep(self.steps, self.keep, self.flow)
+        check_keep(self.steps, self.keep)
         return self
 
     @model_validator(mode="after")
@@ -271,7 +271,7 @@ def kept_steps(steps, keep: list[str] | None) -> list[bool]:
     return [keep is None or step.op == "measure" or step_name(step) in keep for step in steps]
 
 
-def check_keep(steps, keep: list[str] | None, flow: str = "large_image") -> None:
+def check_keep(steps, keep: list[str] | None) -> None:
     """Refuse a ``keep`` list that names no image step, or leaves out a store a later step or the user needs.
 
     The last image step's store is the run's result; a measure step reads
@@ -284,8 +284,6 @@ def check_keep(steps, keep: list[str] | None, flow: str = "large_image") -> None
     """
     if keep is None:
         return
-    if flow != "large_image":
-        raise ValueError(f"keep: only the large_image flow computes steps inside the next one's chunk tasks, not {flow}")
     images = [step_name(s) for s in steps if s.op != "measure"]
     unknown = [name for name in keep if name not in images]
     if unknown:

@@ -146,4 +146,5 @@ def _image_chunks(upstream: Upstream, chunks):
     """Batch images are processed whole unless the spec gives chunks."""
     if chunks is not None:
         return chunks
-    return upstream.shape if isinstance(upstream, io.InputSpec) else None
+    root = steps.stored_root(upstream)
+    return root.shape if isinstance(root, io.InputSpec) else None

@@ -101,6 +101,29 @@ def test_unkept_steps_are_computed_in_the_next_stage_and_results_equal_keeping_a
     np.testing.assert_array_equal(_labels(out), _labels(tmp_path / "all"))
 
 
+@pytest.mark.slow
+def test_batch_keeps_only_the_labels_and_the_table_and_equals_keeping_all(tmp_path, dask_cluster):
+    from flows import batch_flow
+    from flows.runner import make_task_runner
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(3):
+        tifffile.imwrite(folder / f"field{index}.tif", demo_volume((50, 44 + 3 * index), n_objects=8, seed=index))
+    flow = batch_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))
+    every = flow(input=str(folder / "*.tif"), steps=STEPS, output=str(tmp_path / "all"))
+    kept = flow(input=str(folder / "*.tif"), steps=STEPS, output=str(tmp_path / "kept"), keep=["label"])
+    assert every["status"] == kept["status"] == "completed"
+    assert [s["status"] for s in kept["stages"]] == ["fused", "fused", "computed", "computed"]
+    for index in range(3):
+        image = tmp_path / "kept" / f"field{index}"
+        assert sorted(p.name for p in image.iterdir()) == ["03_label.ome.zarr"]
+        np.testing.assert_array_equal(_labels(image), _labels(tmp_path / "all" / f"field{index}"))
+    assert (tmp_path / "kept" / "04_measure.csv").read_text() == (tmp_path / "all" / "04_measure.csv").read_text()
+    again = flow(input=str(folder / "*.tif"), steps=STEPS, output=str(tmp_path / "kept"), keep=["label"])
+    assert [s["status"] for s in again["stages"]][:3] == ["fused", "fused", "cached"]
+
+
 def _spec(tmp_path: Path, **fields) -> dict:
     return {"input": str(tmp_path / "in.tif"), "steps": STEPS, "output": str(tmp_path / "out"), **fields}
 
@@ -110,7 +133,7 @@ def _spec(tmp_path: Path, **fields) -> dict:
     [
         ({"keep": ["gaussian"]}, "'label' must be kept"),  # the labels the measure reads
         ({"keep": ["label", "median"]}, "name no image step"),
-        ({"keep": ["label"], "flow": "batch", "input": "*.tif"}, "only the large_image flow"),
+        ({"keep": ["gaussian"], "flow": "batch", "input": "*.tif"}, "'label' must be kept"),
     ],
 )
 def test_keep_refuses_what_would_leave_a_needed_store_unwritten(tmp_path, fields, message):
