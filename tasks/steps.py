@@ -141,13 +141,17 @@ def open_upstream(upstream: Upstream, chunks=None, compute=cluster_compute) -> t
     """The lazy array a step reads, with any fused steps beneath it lifted on, and what their global phases found.
 
     ``chunks`` apply to the stored stage or source image at the bottom;
-    what was found is keyed by the fused steps' names.
+    what was found is keyed by the fused steps' names. An image in one
+    block (a batch image, read whole) has each fused step computed once and
+    held in memory, not again in each pass the next step makes over it.
     """
     if not isinstance(upstream, Fused):
         return open_lazy(upstream, chunks), {}
     image, found = open_upstream(upstream.upstream, chunks, compute)
     known = recorded_range(upstream.upstream, image.dtype)
     result, own = lift.lift(image, upstream.params, compute, axes=upstream_axes(upstream.upstream), value_range=known)
+    if all(n == 1 for n in result.numblocks):
+        result = da.from_array(compute(result)[0], chunks=result.chunks)
     return result, {**found, upstream.name: own}
 
 
