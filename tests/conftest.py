@@ -152,6 +152,7 @@ def dask_cluster(prefect_api_url: str, s3_server):
         yield cluster.scheduler_address
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist, the tests that serve deployments run on one worker, one after the other.
 
