@@ -51,7 +51,15 @@ def test_fill_and_run_the_large_image_form(serve, prefect_server, prefect_api_ur
             done = [r for r in runs if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")]
             return done[0] if done else None
 
-        run = wait_for(finished_run, 180, "the run started from the form")
+        try:
+            run = wait_for(finished_run, 180, "the run started from the form")
+        except AssertionError as timed_out:
+            runs = httpx.post(f"{prefect_api_url}/flow_runs/filter",
+                              json={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}}).json()
+            page.screenshot(path=str(SCREENSHOTS / "ui-form-no-run.png"), full_page=True)
+            seen = [(r["name"], r["state"]["type"], r["state"].get("message")) for r in runs]
+            raise AssertionError(f"{timed_out}; run {run_name!r}; the deployment's runs: {seen}; "
+                                 f"serve log:\n{served.log.read_text()[-3000:]}") from None
         assert run["state"]["type"] == "COMPLETED", run["state"]
         assert run["parameters"]["steps"][0]["sigma"] == 1.5
         assert [s["op"] for s in run["parameters"]["steps"]] == ["gaussian", "threshold", "label"]
