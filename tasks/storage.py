@@ -14,9 +14,11 @@ or not at all.
 
 from __future__ import annotations
 
+import glob
 import os
 import posixpath
 import re
+import shutil
 from functools import lru_cache
 from typing import Any
 
@@ -125,8 +127,6 @@ def list_names(location: str) -> list[str]:
 def glob_files(pattern: str) -> list[str]:
     """The files matching a glob pattern, as URLs when the pattern is one."""
     if not is_url(pattern):
-        import glob
-
         return [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
     fs, path = filesystem(pattern)
     found = fs.glob(path, detail=True)
@@ -192,8 +192,6 @@ def remove(location: str) -> None:
 def remove_tree(location: str) -> None:
     """Delete a folder (a URL prefix) and everything in it."""
     if not is_url(location):
-        import shutil
-
         shutil.rmtree(location)
         return
     fs, path = filesystem(location)
