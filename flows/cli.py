@@ -100,6 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
 def _cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", default=None, help="address of an existing Dask scheduler (tcp://host:port)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes of the local cluster (default: one per core)")
+    parser.add_argument("--worker-memory", type=memory_size, default=None, metavar="SIZE",
+                        help="memory limit of each local worker, e.g. 2GiB (default: Dask's, the machine's memory "
+                             "shared between the workers); a worker going over it is restarted and its blocks redone")
+
+
+def memory_size(text: str) -> int:
+    """``--worker-memory``: a size such as ``2GiB`` or ``500MB``, in bytes.
+
+    >>> memory_size("2GiB")
+    2147483648
+    >>> memory_size("two")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 'two' is not a size: give a number and a unit, like 2GiB or 500MB
+    """
+    from dask.utils import parse_bytes
+
+    try:
+        size = parse_bytes(text)
+    except (ValueError, TypeError):
+        size = None
+    if size is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: give a number and a unit, like 2GiB or 500MB")
+    if size < 2**26:
+        raise argparse.ArgumentTypeError(f"{text!r} is too small for a worker: give at least 64MiB")
+    return size
+
+
+def _local_options(args) -> bool:
+    """Whether a local-cluster option was given (it then wins over HALOFLOW_CLUSTER, and --cluster refuses it)."""
+    return args.workers is not None or args.worker_memory is not None
 
 
 def _output_options(parser: argparse.ArgumentParser) -> None:
@@ -145,7 +176,7 @@ def choose_and_check_cluster(args, spec_cluster=None):
     """
     from flows.cluster import check_scheduler_answers, choose_cluster
 
-    choice = choose_cluster(args.cluster, spec_cluster, os.environ, local_options=args.workers is not None)
+    choice = choose_cluster(args.cluster, spec_cluster, os.environ, local_options=_local_options(args))
     if choice.address:
         check_scheduler_answers(choice.address)
     return choice
@@ -229,7 +260,6 @@ def cmd_serve(args) -> int:
 def _run(spec, args, cluster) -> int:
     from flows.console import tame_logs
     from flows.progress import RunWatcher
-    from flows.runner import ensure_api
     from tasks import storage
 
     console = _console(args)
@@ -245,13 +275,12 @@ def _run(spec, args, cluster) -> int:
     # The flow runs here; its stage tasks on Dask workers. The watcher follows the run
     # from its output folder (block markers, run.json) and draws progress and stage lines.
     watcher = RunWatcher(spec, console.progress, console.stage)
-    with tame_logs(console) as logs, ensure_api(seed_database=True), _closing(console), watcher:
+    with tame_logs(console) as logs, _api_and_cluster(cluster, args) as where, _closing(console), watcher:
         from flows.pipeline import batch_flow, large_image_flow
         from flows.runner import make_task_runner
 
         flow = batch_flow if spec.flow == "batch" else large_image_flow
-        runner = make_task_runner(cluster=cluster.address or cluster.cluster_class,
-                                  n_workers=args.workers if cluster.is_local else None)
+        runner = make_task_runner(cluster=where)
         logs.attach()
         state = flow.with_options(task_runner=runner)(
             input=spec.input, steps=spec.steps, output=spec.output, chunks=spec.chunks,
@@ -264,6 +293,23 @@ def _run(spec, args, cluster) -> int:
         return report_failure(state, result, console)
     console.final(final_line(result, seconds))
     return 0
+
+
+@contextlib.contextmanager
+def _api_and_cluster(cluster, args):
+    """The run's Prefect API for the block; yield where its work goes (a scheduler address or a cluster class).
+
+    A local cluster is started while the Prefect server starts, not after it.
+    """
+    from flows.runner import api_and_local_cluster, ensure_api
+
+    if cluster.is_local:
+        with api_and_local_cluster(seed_database=True, n_workers=args.workers,
+                                   memory_limit=args.worker_memory) as address:
+            yield address
+    else:
+        with ensure_api(seed_database=True):
+            yield cluster.address or cluster.cluster_class
 
 
 @contextlib.contextmanager

@@ -204,8 +204,8 @@ def _checked(address: str, where: str) -> str:
 
 def _refuse_local_options(local_options: bool, chosen: str) -> None:
     if local_options:
-        raise ClusterError(f"--workers sets the size of a local cluster; the run goes to {chosen} instead, "
-                           "whose workers are started with it")
+        raise ClusterError(f"--workers and --worker-memory set up a local cluster; the run goes to {chosen} "
+                           "instead, whose workers are started with their own")
 
 
 def check_scheduler_answers(address: str, timeout: float = CONNECT_TIMEOUT) -> int:

@@ -13,7 +13,7 @@ from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
 from flows.cluster import check_workers_reach
 from flows.record import RunRecord, check_chunks, prepare_output, stage_key
-from flows.runner import make_task_runner
+from flows.runner import make_task_runner, started_here
 from flows.spec import (InputField, PipelineSpec, SpecError, StepChoice, check_data_roots, input_with_axes, kept_steps,
                         spec_paths, step_name)
 from tasks import io, storage
@@ -166,7 +166,9 @@ def remote_cluster_client():
     if not isinstance(runner, DaskTaskRunner):
         return None
     client = runner.client
-    return None if isinstance(client.cluster, distributed.LocalCluster) else client
+    if isinstance(client.cluster, distributed.LocalCluster) or started_here(client.scheduler.address):
+        return None
+    return client
 
 
 def measure_intensity(step, images: dict[str, Any]):

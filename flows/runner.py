@@ -68,16 +68,21 @@ from typing import Any
 
 __all__ = [
     "CLUSTER_ENV_VAR",
+    "BackgroundCluster",
     "LocalServer",
     "PrefectServer",
+    "api_and_local_cluster",
     "configured_api_url",
     "database_seed_dir",
     "drain_prefect_workers",
     "ensure_api",
     "find_free_port",
+    "local_api_url",
+    "local_cluster_kwargs",
     "make_task_runner",
     "server_environment",
     "start_local_server",
+    "started_here",
 ]
 
 #: Environment variable naming a default Dask scheduler address for flows.
@@ -104,6 +109,9 @@ _SERVER_DEFAULTS_ONLY = {
 }
 
 _RUNNING: set[LocalServer] = set()
+
+#: Scheduler addresses of the local clusters this process started and has not closed.
+_STARTED_HERE: set[str] = set()
 
 
 # Only the database: Prefect's memo_store.toml (skip block registration) is
@@ -226,7 +234,7 @@ def server_environment(home: Path, port: int, base: dict[str, str] | None = None
             env[key] = value
     env["PREFECT_HOME"] = str(home)
     env["PREFECT_SERVER_API_PORT"] = str(port)
-    env["PREFECT_API_URL"] = f"http://{_LOOPBACK}:{port}/api"
+    env["PREFECT_API_URL"] = local_api_url(port)
     # A profile chosen in the parent must not redirect the server's settings.
     env.pop("PREFECT_PROFILE", None)
     env.pop("PREFECT_PROFILES_PATH", None)
@@ -509,9 +517,18 @@ def configured_api_url() -> str | None:
     return os.environ.get("PREFECT_API_URL") or None
 
 
+def local_api_url(port: int) -> str:
+    """The API URL of a local server on ``port`` (what :func:`ensure_api` sets ``PREFECT_API_URL`` to).
+
+    >>> local_api_url(4200)
+    'http://127.0.0.1:4200/api'
+    """
+    return f"http://{_LOOPBACK}:{int(port)}/api"
+
+
 @contextlib.contextmanager
 def ensure_api(home: Path | str | None = None, timeout: float = 60,
-               ui: bool = True, seed_database: bool = False) -> Iterator[str]:
+               ui: bool = True, seed_database: bool = False, port: int | None = None) -> Iterator[str]:
     """Make sure a Prefect API is available for this block; yield its URL.
 
     If ``PREFECT_API_URL`` is set in ``os.environ``, yield it and change nothing.
@@ -519,8 +536,10 @@ def ensure_api(home: Path | str | None = None, timeout: float = 60,
     ``PREFECT_API_URL`` and ``PREFECT_SERVER_ANALYTICS_ENABLED=false`` in
     ``os.environ`` (inherited by every process started inside the block,
     Dask workers included), yield the URL, and on exit stop the server and
-    restore the environment.  ``home``, ``timeout``, ``ui`` and
-    ``seed_database`` go to :func:`start_local_server`.
+    restore the environment.  ``home``, ``timeout``, ``ui``,
+    ``seed_database`` and ``port`` go to :func:`start_local_server`: a port
+    chosen beforehand (:func:`local_api_url`) lets processes started while the
+    server starts be given its URL.
 
     Enter it BEFORE importing prefect.  If prefect is already imported in
     this process, its in-process settings (context and process-global) are
@@ -532,7 +551,7 @@ def ensure_api(home: Path | str | None = None, timeout: float = 60,
         yield existing
         return
 
-    server = start_local_server(home=home, timeout=timeout, ui=ui, seed_database=seed_database)
+    server = start_local_server(home=home, port=port, timeout=timeout, ui=ui, seed_database=seed_database)
     new_values = {
         "PREFECT_API_URL": server.api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -568,6 +587,30 @@ def ensure_api(home: Path | str | None = None, timeout: float = 60,
             else:
                 os.environ[key] = value
         server.stop(drain=False)  # drained above, while the settings named it
+
+
+@contextlib.contextmanager
+def api_and_local_cluster(seed_database: bool = False, **cluster_options: Any) -> Iterator[str]:
+    """:func:`ensure_api` with a local Dask cluster started meanwhile; yield the cluster's address.
+
+    The cluster (:class:`BackgroundCluster`, of :func:`local_cluster_kwargs`
+    made from ``cluster_options``) starts in a thread while the Prefect server
+    starts: the two mostly wait on imports in their own processes, so a run
+    is ready about a cluster start-up (3-4 s) sooner.  Its workers are given
+    the API URL the server will answer on.  The cluster is closed before the
+    server stops, so the workers' last logs still reach it.
+    """
+    port = None if configured_api_url() else find_free_port()
+    env = {} if port is None else {"PREFECT_API_URL": local_api_url(port), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cluster = BackgroundCluster.start(env=env, **cluster_options)
+    try:
+        with ensure_api(seed_database=seed_database, port=port):
+            try:
+                yield cluster.address()
+            finally:
+                cluster.close()
+    finally:
+        cluster.close()  # the server did not start: the cluster must not outlive the call
 
 
 def _quiet_distributed_logging(level: int = logging.WARNING) -> None:
@@ -635,7 +678,18 @@ def make_task_runner(cluster: str | Any | None = None, n_workers: int | None = N
     env_address = os.environ.get(CLUSTER_ENV_VAR)
     if env_address and not local_options:
         return DaskTaskRunner(address=env_address)
+    kwargs = local_cluster_kwargs(n_workers, threads_per_worker, memory_limit, **cluster_kwargs)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
 
+
+def local_cluster_kwargs(n_workers: int | None = None, threads_per_worker: int = 1,
+                         memory_limit: str | int | float | None = None, **cluster_kwargs: Any) -> dict[str, Any]:
+    """``distributed.LocalCluster`` keyword arguments of haloflow's local cluster (see :func:`make_task_runner`).
+
+    >>> kwargs = local_cluster_kwargs(3, memory_limit="2GiB")
+    >>> kwargs["n_workers"], kwargs["memory_limit"], kwargs["processes"], kwargs["host"]
+    (3, '2GiB', True, '127.0.0.1')
+    """
     kwargs: dict[str, Any] = {
         "n_workers": n_workers or os.cpu_count() or 1,
         "threads_per_worker": threads_per_worker,
@@ -652,4 +706,74 @@ def make_task_runner(cluster: str | Any | None = None, n_workers: int | None = N
         kwargs["memory_limit"] = memory_limit
     scheduler_kwargs = {**kwargs["scheduler_kwargs"], **cluster_kwargs.pop("scheduler_kwargs", {})}
     kwargs.update(cluster_kwargs, scheduler_kwargs=scheduler_kwargs)
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
+    return kwargs
+
+
+class BackgroundCluster:
+    """A local Dask cluster started in a thread, so that it starts while something else does.
+
+    The command line starts the run's local cluster this way while the Prefect
+    server starts (each takes seconds, mostly imports in their own processes),
+    then gives the flow its :attr:`address`.  The workers get ``env`` (the
+    API URL of the server still starting) on top of ``os.environ``::
+
+        cluster = BackgroundCluster.start(n_workers=1, memory_limit="1GiB")  # returns at once
+        address = cluster.address()  # waits for the start; raises what it raised
+        cluster.close()
+    """
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        import threading
+
+        self._kwargs = kwargs
+        self._cluster: Any = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._make, name="haloflow-cluster-start", daemon=True)
+
+    @classmethod
+    def start(cls, env: dict[str, str] | None = None, **options: Any) -> BackgroundCluster:
+        """Begin starting a cluster of :func:`local_cluster_kwargs` (``options``), its workers given ``env``."""
+        kwargs = local_cluster_kwargs(**options)
+        if env:
+            kwargs["env"] = {**kwargs.get("env", {}), **env}
+        started = cls(kwargs)
+        started._thread.start()
+        return started
+
+    def _make(self) -> None:
+        try:
+            _quiet_distributed_logging()
+            from distributed import LocalCluster
+
+            cluster = LocalCluster(**self._kwargs)
+        except BaseException as error:  # handed to the thread that asks for the address
+            self._error = error
+            return
+        with self._lock:
+            self._cluster = cluster
+            _STARTED_HERE.add(cluster.scheduler_address)
+
+    def address(self) -> str:
+        """The scheduler's address, once the cluster has started."""
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError(f"the local Dask cluster did not start: {self._error}") from self._error
+        if self._cluster is None:
+            raise RuntimeError("the local Dask cluster was closed before it was used")
+        return self._cluster.scheduler_address
+
+    def close(self) -> None:
+        """Close the cluster (idempotent), after waiting for a start still under way."""
+        self._thread.join()
+        with self._lock:
+            cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            _STARTED_HERE.discard(cluster.scheduler_address)
+            with contextlib.suppress(Exception):
+                cluster.close()
+
+
+def started_here(address: str) -> bool:
+    """Whether ``address`` is the scheduler of a local cluster this process started (:class:`BackgroundCluster`)."""
+    return address in _STARTED_HERE

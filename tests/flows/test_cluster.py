@@ -255,6 +255,8 @@ REFUSALS = {
     "adapt bounds reversed": (([], {"cluster": {"class": "distributed.LocalCluster", "adapt": {"minimum": 5, "maximum": 2}}}),
                               ["cluster.adapt", "minimum 5 is above maximum 2"]),
     "--workers with a cluster": ((["--cluster", REFUSED, "--workers", "2"], {}), ["--workers", "local cluster"]),
+    "--worker-memory with a spec's cluster": ((["--worker-memory", "1GiB"], {"cluster": REFUSED}),
+                                              ["--worker-memory", "local cluster", "the spec's cluster field"]),
 }
 
 

@@ -7,10 +7,12 @@ import os
 import socket
 import urllib.request
 
+import distributed
+import psutil
 import pytest
 
 from flows import runner
-from flows.runner import ensure_api, make_task_runner, start_local_server
+from flows.runner import api_and_local_cluster, ensure_api, make_task_runner, start_local_server
 from tasks.cluster import compute_on_cluster, current_worker_address
 
 
@@ -105,6 +107,55 @@ def test_ensure_api_starts_and_stops_a_server(monkeypatch):
     assert not server.home.exists()  # temporary PREFECT_HOME removed
     with pytest.raises(OSError):
         _get(f"{url}/health", timeout=2)
+
+
+# -- the command line's cluster, started while the server starts ------------------
+
+def _worker_setting(name: str):
+    return os.environ.get(name)
+
+
+@pytest.mark.slow
+def test_api_and_local_cluster_gives_workers_the_api_of_the_server_started_meanwhile(monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL")
+    with api_and_local_cluster(seed_database=True, n_workers=1, memory_limit=512 * 2**20) as address:
+        url = os.environ["PREFECT_API_URL"]
+        assert _get(f"{url}/health") == 200
+        assert runner.started_here(address)
+        with distributed.Client(address) as client:
+            workers = client.scheduler_info()["workers"]
+            assert [w["memory_limit"] for w in workers.values()] == [512 * 2**20]
+            # The workers were spawned before the server answered, with the URL it was going to answer on.
+            assert set(client.run(_worker_setting, "PREFECT_API_URL").values()) == {url}
+            assert set(client.run(_worker_setting, "PREFECT_SERVER_ANALYTICS_ENABLED").values()) == {"false"}
+    assert not runner.started_here(address)
+    assert "PREFECT_API_URL" not in os.environ
+    with pytest.raises(OSError):
+        distributed.Client(address, timeout=2)
+
+
+def test_api_and_local_cluster_leaves_no_worker_behind_when_the_server_fails(monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL")
+
+    def no_server(**kwargs):
+        raise RuntimeError("the Prefect server did not start (test)")
+
+    monkeypatch.setattr(runner, "start_local_server", no_server)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(RuntimeError, match="did not start"):
+        with api_and_local_cluster(n_workers=1):
+            pass  # pragma: no cover - not reached
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], [p.cmdline() for p in left]
+    assert not runner._STARTED_HERE
+
+
+def test_local_cluster_that_cannot_start_is_a_clear_error():
+    cluster = runner.BackgroundCluster.start(n_workers=1, memory_limit="no such size")
+    with pytest.raises(RuntimeError, match="the local Dask cluster did not start: .*nosuchsize"):
+        cluster.address()
+    cluster.close()
 
 
 # -- task runner ----------------------------------------------------------------
