@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 
@@ -32,8 +33,10 @@ from tasks.io import (
     done_blocks,
     merge_block_stats,
     resumable,
+    volume_chunks,
     write_table,
 )
+from tasks import io as io_module
 from tasks.reference import ArrayRef
 
 
@@ -94,6 +97,43 @@ def test_default_chunks_fill_planes_in_whole_native_chunks():
 def test_default_tiff_chunks_are_whole_planes(tmp_path):
     path = _write_tiff(tmp_path / "v.tif", _volume((5, 64, 48)))
     assert imread(path).chunks == ((5,), (64,), (48,))
+
+
+@pytest.mark.parametrize("shape, itemsize, native", [
+    ((256, 1024, 1024), 2, (1, 1024, 1024)),  # TIFF pages
+    ((1000, 2048, 2048), 2, (64, 256, 256)),  # zarr chunks
+    ((300, 700, 90), 4, (1, 700, 90)),
+    ((64, 100000, 3), 1, (64, 512, 3)),
+])
+def test_volume_chunks_are_near_cubes_within_the_limit_on_native_chunks(shape, itemsize, native):
+    limit = 2**24
+    block = volume_chunks(shape, itemsize, native, limit)
+    assert math.prod(block) * itemsize <= limit
+    for b, s, n in zip(block, shape, native):
+        assert 0 < b <= s
+        assert b == s or n >= s or b % n == 0  # whole native chunks where the native chunk splits the axis
+    # Every axis cut short is as long as the limit lets it be: doubling it would go over.
+    for axis in range(3):
+        if block[axis] < shape[axis]:
+            assert math.prod(block) // block[axis] * min(shape[axis], 2 * block[axis]) * itemsize > limit
+    # Halo work: a sigma-2 gaussian's halo (8 voxels a side) costs less than on slabs of whole planes.
+    def overhead(b):
+        return math.prod((x + 16 if x < s else x) for x, s in zip(b, shape)) / math.prod(b)
+    assert overhead(block) <= overhead(default_chunks(shape, itemsize, native, limit))
+
+
+def test_volume_chunks_keep_a_volume_within_the_limit_whole():
+    assert volume_chunks((100, 512, 512), 2, (1, 512, 512), 2**26) == (100, 512, 512)
+
+
+def test_default_chunks_of_a_tiff_volume_are_near_cubes_but_planes_with_channels(tmp_path, monkeypatch):
+    monkeypatch.setattr(io_module, "DEFAULT_BLOCK_BYTES", 2**16)  # 64 KiB: a small volume splits like a big one
+    volume = _write_tiff(tmp_path / "v.tif", _volume((32, 256, 192)))
+    assert imread(volume).chunksize == volume_chunks((32, 256, 192), 2, (1, 256, 192), 2**16) == (8, 64, 64)
+    channels = tmp_path / "channels.tif"  # an ImageJ stack of 3 channels: not a volume
+    tifffile.imwrite(channels, np.zeros((3, 256, 512), np.uint8), imagej=True, metadata={"axes": "CYX"})
+    assert resolve_input(str(channels)).channel_axis == 0
+    assert imread(str(channels)).chunksize == default_chunks((3, 256, 512), 1, (1, 256, 512), 2**16) == (1, 128, 512)
 
 
 # ---------------------------------------------------------------- glob and tiles
