@@ -105,7 +105,7 @@ def haloflow_batch(label: str, folder: Path, work: Path, args, keep: list[str] |
     spec_path = work / f"spec_{label.replace(' ', '_').replace('#', '')}.yaml"
     spec_path.write_text(yaml.safe_dump(batch_spec(str(folder / "*.tif"), out, keep), sort_keys=False))
     res = run_haloflow(label, spec_path, out, cwd=work, interval=args.interval_ms / 1e3,
-                       quiet_wait=args.quiet_wait, workers=args.workers)
+                       quiet_wait=args.quiet_wait, workers=args.workers, worker_memory=args.worker_memory)
     table = out / "04_measure.csv"
     if table.is_file():
         res.extra["csv"] = str(table)

@@ -350,8 +350,10 @@ def haloflow_env(cold_cache: Path | None = None, src: Path | None = None) -> dic
 
 
 def run_haloflow(label: str, spec_path: Path, out: Path, *, cwd: Path, interval: float, quiet_wait: float,
-                 env: dict[str, str] | None = None, workers: int | None = None) -> RunResult:
-    """``haloflow run --verbose [--workers N] SPEC`` in a fresh process, measured; then what it says about itself.
+                 env: dict[str, str] | None = None, workers: int | None = None,
+                 worker_memory: str | None = None) -> RunResult:
+    """``haloflow run --verbose [--workers N] [--worker-memory SIZE] SPEC`` in a fresh process, measured; then what
+    it says about itself.
 
     ``out`` is the spec's output folder (removed first, so every stage computes).
     """
@@ -360,7 +362,7 @@ def run_haloflow(label: str, spec_path: Path, out: Path, *, cwd: Path, interval:
     exe = shutil.which("haloflow") or "haloflow"
     # --verbose: the timeline is read from Prefect's own INFO lines, which a normal run hides.
     argv = [exe, "run", *verbose_flag(exe, env), *([] if workers is None else ["--workers", str(workers)]),
-            str(spec_path)]
+            *([] if worker_memory is None else ["--worker-memory", worker_memory]), str(spec_path)]
     res = run_measured(label, argv, env=env, cwd=cwd, interval=interval, log_dir=cwd, watch_prefect=True,
                        quiet_wait=quiet_wait)
     res.extra["spec"] = str(spec_path)

@@ -61,6 +61,7 @@ HALOFLOW = "haloflow run (Prefect + Dask, end to end)"
 SKIMAGE = "scikit-image / SciPy (whole volume, one process)"
 DASK_IMAGE = "dask-image (threaded scheduler, stages stored to zarr)"
 WARM_UP_SHAPE = (16, 128, 128)
+DASK_IMAGE_CHUNKS = (64, 256, 256)
 VERSIONED = ("numpy", "scipy", "scikit-image", "dask", "distributed", "dask-image", "prefect", "prefect-dask",
              "zarr", "tifffile", "psutil", "haloflow")
 
@@ -100,7 +101,7 @@ def haloflow_pipeline(label: str, tiff: Path, work: Path, args) -> RunResult:
     spec_path = work / f"spec_{_slug(label)}.yaml"
     spec_path.write_text(yaml.safe_dump(pipeline_spec(tiff, out, args.chunks), sort_keys=False))
     res = run_haloflow(label, spec_path, out, cwd=work, interval=args.interval_ms / 1e3,
-                       quiet_wait=args.quiet_wait, workers=args.workers)
+                       quiet_wait=args.quiet_wait, workers=args.workers, worker_memory=args.worker_memory)
     table = out / "04_measure.csv"
     if table.is_file():
         res.extra["csv"] = str(table)
@@ -115,7 +116,7 @@ def reference_pipeline(label: str, how: str, tiff: Path, work: Path, args, timeo
     shutil.rmtree(out, ignore_errors=True)
     argv = [sys.executable, str(HERE / "reference.py"), how, str(tiff), str(out)]
     if how == "dask-image":
-        argv += ["--chunks", *map(str, args.chunks)] + (["--workers", str(args.workers)] if args.workers else [])
+        argv += ["--chunks", *map(str, dask_image_chunks(args))] + (["--workers", str(args.workers)] if args.workers else [])
     res = run_measured(label, argv, env=dict(os.environ), cwd=work, interval=args.interval_ms / 1e3, log_dir=work,
                        quiet_wait=args.quiet_wait, timeout=timeout)
     info = read_json_line(res)
@@ -282,8 +283,8 @@ def setup_lines(m: Measured, args, command: str, date: str) -> list[str]:
             f"Volume {'x'.join(map(str, m.shape))} uint16 ({m.volume_mib:.0f} MiB, {m.voxels / 1e6:.0f} Mvoxel; "
             f"`benchmarks/volume.py`, {gen}). Pipeline: gaussian sigma {SIGMA:g} (mode {MODE}, on float32) -> Otsu "
             f"-> label (connectivity {CONNECTIVITY}) -> measure ({', '.join(PROPERTIES)}; no intensity image). "
-            f"haloflow and dask-image on chunks {args.chunks}; haloflow workers: "
-            f"{args.workers or 'its default (one per core)'}. Each run is a fresh process; one unreported warm-up "
+            f"{chunks_note(args)}; haloflow workers: {args.workers or 'its default (one per core)'}"
+            f"{f', each limited to {args.worker_memory}' if args.worker_memory else ''}. Each run is a fresh process; one unreported warm-up "
             f"of each on a {'x'.join(map(str, WARM_UP_SHAPE))} volume first. Repeats: {args.repeat} (median, with "
             f"min–max when more than one). " + sampling_note(args.interval_ms, args.quiet_wait, m.groups) + "\n"]
 
@@ -314,6 +315,19 @@ def footer_lines(env: dict | None = None) -> list[str]:
 
 
 # --------------------------------------------------------------------------- command line
+def dask_image_chunks(args) -> list[int]:
+    """dask-image's block shape: ``--chunks``, or the issue's 64x256x256 when haloflow chooses its own."""
+    return list(args.chunks or DASK_IMAGE_CHUNKS)
+
+
+def chunks_note(args) -> str:
+    """Which chunks each ran on, for the report."""
+    if args.chunks:
+        return f"haloflow and dask-image on chunks {args.chunks}"
+    return (f"haloflow on chunks of its own choice (none in the spec: near-cubes of about 64 MiB of input), "
+            f"dask-image on {dask_image_chunks(args)}")
+
+
 def add_common_options(parser: argparse.ArgumentParser, *, chunks: bool = True) -> None:
     """Options shared with ``scaling.py`` and (without ``--chunks``) ``batch.py``."""
     parser.add_argument("--workdir", type=Path, default=None,
@@ -322,9 +336,12 @@ def add_common_options(parser: argparse.ArgumentParser, *, chunks: bool = True) 
     parser.add_argument("--repeat", type=int, default=1, help="measured runs of each (default 1)")
     parser.add_argument("--workers", type=int, default=None,
                         help="haloflow's --workers, and dask-image's threads (default: theirs, one per core)")
+    parser.add_argument("--worker-memory", default=None, metavar="SIZE",
+                        help="haloflow's --worker-memory: each worker's memory limit (default: Dask's)")
     if chunks:
-        parser.add_argument("--chunks", type=int, nargs=3, default=[64, 256, 256], metavar=("Z", "Y", "X"),
-                            help="block shape for haloflow and dask-image (default 64 256 256)")
+        parser.add_argument("--chunks", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                            help="block shape for haloflow and dask-image (default: haloflow's own choice, no chunks "
+                                 "in its spec; dask-image 64 256 256)")
     parser.add_argument("--markdown", type=Path, default=None, help="add / replace this benchmark's section in this file")
     parser.add_argument("--interval-ms", type=float, default=25.0, help="memory sampling period (default 25)")
     parser.add_argument("--quiet-wait", type=float, default=60.0,

@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 
 from measure import GIB, disturbance_checks, load_warning, med, sampling_note, save_runs, warning_lines, write_section
-from pipeline import (DASK_IMAGE, HALOFLOW, SKIMAGE, Measured, add_common_options, command_line, dask_image_installed,
-                      cpu_seconds, footer_lines, load_measured, measure_shape, now, warm_up, workdir)
+from pipeline import (DASK_IMAGE, HALOFLOW, SKIMAGE, Measured, add_common_options, chunks_note, command_line,
+                      dask_image_installed, cpu_seconds, footer_lines, load_measured, measure_shape, now, warm_up, workdir)
 from reference import CONNECTIVITY, MODE, SIGMA
 
 SECTION = "## Scaling: time per voxel and peak memory against volume size"
@@ -159,8 +159,8 @@ def build_report(results: list[Measured], args, command: str, date: str, drawn_b
     lines = [f"Run on {date} with:\n\n```bash\n{command}\n```\n",
              f"The pipeline of `pipeline.py` (gaussian sigma {SIGMA:g}, mode {MODE} -> Otsu -> label connectivity "
              f"{CONNECTIVITY} -> measure label, area, centroid) on volumes of "
-             f"{', '.join('x'.join(map(str, m.shape)) for m in results)} (`benchmarks/volume.py`), haloflow on chunks "
-             f"{args.chunks}. " + (f"The {', '.join('x'.join(map(str, m.shape)) for m in reused)} runs are "
+             f"{', '.join('x'.join(map(str, m.shape)) for m in results)} (`benchmarks/volume.py`), "
+             f"{chunks_note(args)}{f'; haloflow workers each limited to {args.worker_memory}' if args.worker_memory else ''}. " + (f"The {', '.join('x'.join(map(str, m.shape)) for m in reused)} runs are "
              f"`pipeline.py`'s (read from {', '.join(f'`{p}`' for p in args.also)}, not run again); the others were "
              f"run here. " if reused else "") + f"Each run "
              f"a fresh process, repeats: {args.repeat} (medians). `haloflow stages` is the sum of the stages' seconds "
