@@ -115,7 +115,7 @@ class PipelineSpec(BaseModel):
 
     flow: Literal["large_image", "batch"] = Field("large_image", title="Workflow")
     input: InputField = Field(title="Input", description="A TIFF, a glob of TIFFs, a tile grid, or a zarr store.")
-    chunks: list[Annotated[int, Field(gt=0)]] | None = Field(None, title="Chunks", description="Chunk shape, one entry per axis. Default: blocks of about 64 MiB of the input, near-cubes for a 3D volume (small halos), whole planes otherwise.")
+    chunks: list[Annotated[int, Field(gt=0)]] | None = Field(None, title="Chunks", description="Chunk shape, one entry per axis. Default: near-cubes of 32 MiB in float32 for a 3D volume (small halos), blocks of whole planes of about 64 MiB of the input otherwise.")
     channel_axis: int | None = Field(
         None, ge=-5, le=4, title="Channel axis",
         description="The input's channel axis (0: the first, -1: the last); each channel is processed on its own. "

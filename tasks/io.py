@@ -45,6 +45,7 @@ from tasks.reference import ArrayRef, fingerprint as _digest
 
 __all__ = [
     "DEFAULT_BLOCK_BYTES",
+    "VOLUME_BLOCK_BYTES",
     "InputError",
     "InputNotFoundError",
     "InputSpec",
@@ -70,6 +71,11 @@ __all__ = [
 
 #: Target size of one dask block when the caller does not choose chunks.
 DEFAULT_BLOCK_BYTES = 64 * 2**20
+#: Default block size of a 3D volume, counted in float32 (:func:`volume_chunks`). On 256x1024x1024 uint16
+#: (`benchmarks/`), blocks of 32 MiB (128x256x256) peaked at 1.26 GiB for the run's process tree, of 64 MiB
+#: at 1.61 GiB, for about the same time; slabs of whole planes took 6-8 s longer.
+VOLUME_BLOCK_BYTES = 32 * 2**20
+_WORKING_ITEMSIZE = 4  # float32: filters compute on it, labels are uint32
 
 #: Folder inside a store where finished blocks leave their markers.
 _DONE_FOLDER = ".haloflow-done"
@@ -320,9 +326,10 @@ def imread(source: Any, chunks: Sequence[int] | None = None) -> da.Array:
     source : str, os.PathLike, dict or InputSpec
         Anything :func:`resolve_input` accepts (or its result).
     chunks : sequence of int, optional
-        Block shape, one entry per axis. Default: blocks of about 64 MiB; for
-        a 3D volume (one TIFF or zarr array, no channel or time axis) as near
-        a cube as its on-disk chunks allow (:func:`volume_chunks`), otherwise
+        Block shape, one entry per axis. Default: for a 3D volume (one TIFF
+        or zarr array, no channel or time axis) blocks of 32 MiB once in
+        float32 (:data:`VOLUME_BLOCK_BYTES`), as near a cube as its on-disk
+        chunks allow (:func:`volume_chunks`); otherwise blocks of about 64 MiB of
         whole on-disk chunks (TIFF pages/strips/tiles, zarr chunks) filling
         whole planes first (:func:`default_chunks`).
 
@@ -1517,9 +1524,14 @@ def _open_tiff(path: str):
 
 def _default_blocks(spec: InputSpec, itemsize: int) -> tuple[int, ...]:
     """Blocks of a single TIFF or zarr array read with no chunks given: near-cubes for a plain 3D volume
-    (:func:`volume_chunks`), whole native chunks filling planes otherwise (:func:`default_chunks`)."""
+    (:func:`volume_chunks`), whole native chunks filling planes otherwise (:func:`default_chunks`).
+
+    A volume's blocks hold :data:`VOLUME_BLOCK_BYTES` of the float32 its
+    filters work in (16 MiB of uint16): a worker holds a block, its halo, the
+    filter's output and the store's buffers at once, about six times that.
+    """
     if len(spec.shape) == 3 and spec.channel_axis is None and spec.time_axis is None:
-        return volume_chunks(spec.shape, itemsize, spec.native_chunks, DEFAULT_BLOCK_BYTES)
+        return volume_chunks(spec.shape, max(itemsize, _WORKING_ITEMSIZE), spec.native_chunks, VOLUME_BLOCK_BYTES)
     return default_chunks(spec.shape, itemsize, spec.native_chunks, DEFAULT_BLOCK_BYTES)
 
 

@@ -127,9 +127,11 @@ def test_volume_chunks_keep_a_volume_within_the_limit_whole():
 
 
 def test_default_chunks_of_a_tiff_volume_are_near_cubes_but_planes_with_channels(tmp_path, monkeypatch):
-    monkeypatch.setattr(io_module, "DEFAULT_BLOCK_BYTES", 2**16)  # 64 KiB: a small volume splits like a big one
+    monkeypatch.setattr(io_module, "DEFAULT_BLOCK_BYTES", 2**16)  # 64 KiB: small images split like big ones
+    monkeypatch.setattr(io_module, "VOLUME_BLOCK_BYTES", 2**16)
     volume = _write_tiff(tmp_path / "v.tif", _volume((32, 256, 192)))
-    assert imread(volume).chunksize == volume_chunks((32, 256, 192), 2, (1, 256, 192), 2**16) == (8, 64, 64)
+    # Sized for float32, the filters' working type: half the uint16 voxels a block of 64 KiB would hold.
+    assert imread(volume).chunksize == volume_chunks((32, 256, 192), 4, (1, 256, 192), 2**16) == (4, 64, 64)
     channels = tmp_path / "channels.tif"  # an ImageJ stack of 3 channels: not a volume
     tifffile.imwrite(channels, np.zeros((3, 256, 512), np.uint8), imagej=True, metadata={"axes": "CYX"})
     assert resolve_input(str(channels)).channel_axis == 0
