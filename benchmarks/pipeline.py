@@ -324,8 +324,8 @@ def chunks_note(args) -> str:
     """Which chunks each ran on, for the report."""
     if args.chunks:
         return f"haloflow and dask-image on chunks {args.chunks}"
-    return (f"haloflow on chunks of its own choice (none in the spec: near-cubes of about 64 MiB of input), "
-            f"dask-image on {dask_image_chunks(args)}")
+    return (f"haloflow on chunks of its own choice (none in the spec: near-cubes of 32 MiB of float32, "
+            f"128x256x256 here), dask-image on {dask_image_chunks(args)}")
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, chunks: bool = True) -> None:

@@ -72,8 +72,8 @@ __all__ = [
 #: Target size of one dask block when the caller does not choose chunks.
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 #: Default block size of a 3D volume, counted in float32 (:func:`volume_chunks`). On 256x1024x1024 uint16
-#: (`benchmarks/`), blocks of 32 MiB (128x256x256) peaked at 1.26 GiB for the run's process tree, of 64 MiB
-#: at 1.61 GiB, for about the same time; slabs of whole planes took 6-8 s longer.
+#: (`benchmarks/RESULTS.md`), blocks of 32 MiB (128x256x256) peaked at 1.26-1.28 GiB for the run's process
+#: tree, in about the time of the slabs of whole planes used before; blocks of 64 MiB (256x256x256) at 1.61 GiB.
 VOLUME_BLOCK_BYTES = 32 * 2**20
 _WORKING_ITEMSIZE = 4  # float32: filters compute on it, labels are uint32
 
