@@ -45,6 +45,9 @@ class Fused:
 # What a step reads: a stored stage, the pipeline's source image, or a step computed on the fly.
 Upstream = ArrayRef | io.InputSpec | Fused
 
+#: Op families whose lifting passes over its input more than once (a global phase, then the result).
+_MULTI_PASS = ("global", "label")
+
 
 def fuse(params: OpParams, upstream: Upstream, name: str) -> Fused:
     """Step ``params`` on ``upstream``, not stored: the next step computes it in its own chunk tasks.
@@ -150,9 +153,18 @@ def open_upstream(upstream: Upstream, chunks=None, compute=cluster_compute) -> t
     image, found = open_upstream(upstream.upstream, chunks, compute)
     known = recorded_range(upstream.upstream, image.dtype)
     result, own = lift.lift(image, upstream.params, compute, axes=upstream_axes(upstream.upstream), value_range=known)
-    if all(n == 1 for n in result.numblocks):
-        result = da.from_array(compute(result)[0], chunks=result.chunks)
-    return result, {**found, upstream.name: own}
+    return hold_one_block(result, compute), {**found, upstream.name: own}
+
+
+def hold_one_block(array: da.Array, compute=cluster_compute) -> da.Array:
+    """An array in one block computed now and held in memory, so that each pass over it reads nothing again.
+
+    Arrays in several blocks are returned as they are (held, they would not
+    be bounded by the block size).
+    """
+    if any(n != 1 for n in array.numblocks):
+        return array
+    return da.from_array(compute(array)[0], chunks=array.chunks, name=False)
 
 
 def upstream_axes(upstream: Upstream) -> ImageAxes:
@@ -203,6 +215,8 @@ def run_image_step(
     if io.is_complete(store, fp):
         return _cached_result(store, started)
     image, fused = open_upstream(upstream, chunks, compute)
+    if info.family in _MULTI_PASS and not isinstance(upstream, Fused):
+        image = hold_one_block(image, compute)  # a batch image: its store read once, not once per pass
     axes = upstream_axes(upstream)
     result, found = lift.lift(image, params, compute, axes=axes, value_range=recorded_range(upstream, image.dtype))
     if fused:

@@ -61,3 +61,21 @@ def test_recorded_range_only_where_exact(tmp_path):
     narrow = _store_with_stats(tmp_path / "c.ome.zarr", np.int32, {"min": -5.0, "max": 7.0, "mean": 1.0})
     low, high = steps.recorded_range(narrow, np.int32)
     assert (low, high) == (-5, 7) and low.dtype == high.dtype == np.int32
+
+
+@pytest.mark.parametrize("chunks, reads", [(None, 1), ([7, 16, 13], 2 * 8)])  # 8 blocks: read in each of 2 passes
+def test_a_multi_pass_step_reads_a_stored_image_in_one_block_once(tmp_path, monkeypatch, chunks, reads):
+    """A batch image (one block) is read once by a step that passes over it twice; a chunked one once per pass."""
+    tifffile.imwrite(tmp_path / "in.tif", blobs((12, 30, 26), seed=7))
+    run = dict(compute=partial(dask.compute, scheduler="synchronous"), compute_blocks=steps.sync_compute_blocks)
+    smooth = steps.run_image_step(GaussianParams(sigma=1.0), io.resolve_input(str(tmp_path / "in.tif")),
+                                  str(tmp_path / "g.ome.zarr"), name="g", chunks=chunks, **run)
+    read = io._ZarrSource.__getitem__
+    seen = []
+    monkeypatch.setattr(io._ZarrSource, "__getitem__", lambda self, key: seen.append(key) or read(self, key))
+    mask = steps.run_image_step(ThresholdParams(method="otsu"), smooth.ref, str(tmp_path / "t.ome.zarr"), name="t",
+                                **run)
+    assert len(seen) == reads  # one block: held in memory for both passes (histogram, mask)
+    image = zarr.open_array(smooth.ref.store, path="0", mode="r")[...]
+    expected = image > filters.threshold_otsu(image)
+    np.testing.assert_array_equal(zarr.open_array(mask.ref.store, path="0", mode="r")[...], expected)
