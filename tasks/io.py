@@ -58,6 +58,7 @@ __all__ = [
     "open_store_ref",
     "read_image",
     "read_ref",
+    "read_ref_whole",
     "read_table",
     "resolve_input",
     "set_image_label",
@@ -67,6 +68,7 @@ __all__ = [
     "write_pyramid",
     "write_blocks",
     "write_table",
+    "write_whole",
 ]
 
 #: Target size of one dask block when the caller does not choose chunks.
@@ -691,7 +693,7 @@ def done_block_stats(ref: ArrayRef) -> dict[tuple[int, ...], list[float]]:
 def store_info(path: str | os.PathLike) -> dict[str, Any]:
     """The ``haloflow`` attributes of a store (fingerprint, kind, complete, and what the stage recorded)."""
     store = os.fspath(path)
-    return dict(_haloflow_attrs(_open_group(store), store))
+    return _haloflow_meta(_group_attributes(store), store)
 
 
 def store_axes(path: str | os.PathLike) -> ImageAxes:
@@ -705,13 +707,10 @@ def store_axes(path: str | os.PathLike) -> ImageAxes:
         `path` is not an OME-Zarr image, or its axes do not fit its array.
     """
     store = os.fspath(path)
-    if not storage.exists(store):
-        raise FileNotFoundError(f"store {store} does not exist")
-    attrs = zarr.open_group(storage.zarr_store(store), mode="r").attrs.asdict()
+    attrs = _group_attributes(store)
     component = _ome_component(attrs, store)
-    array = zarr.open_array(storage.zarr_store(store), path=component, mode="r")
     try:
-        return _ome_axes(attrs, component, array.ndim)
+        return _ome_axes(attrs, component, len(_array_metadata(store, component)["shape"]))
     except ValueError as exc:
         raise ValueError(f"store {store}: {exc}") from exc
 
@@ -729,12 +728,9 @@ def store_calibration(path: str | os.PathLike) -> Calibration:
         `path` is not an OME-Zarr image.
     """
     store = os.fspath(path)
-    if not storage.exists(store):
-        raise FileNotFoundError(f"store {store} does not exist")
-    attrs = zarr.open_group(storage.zarr_store(store), mode="r").attrs.asdict()
+    attrs = _group_attributes(store)
     component = _ome_component(attrs, store)
-    ndim = zarr.open_array(storage.zarr_store(store), path=component, mode="r").ndim
-    return ome.from_ngff(attrs, component, ndim)
+    return ome.from_ngff(attrs, component, len(_array_metadata(store, component)["shape"]))
 
 
 def write_pyramid(ref: ArrayRef, compute: Any = None, *, min_size: int = ome.PYRAMID_MIN_SIZE) -> list[tuple[int, ...]]:
@@ -839,7 +835,7 @@ def merge_block_stats(stats: Any) -> dict[str, float]:
     return {"count": int(count), "min": float(rows[:, 1].min()), "max": float(rows[:, 2].max()), "mean": float(rows[:, 3].sum() / count)}
 
 
-def mark_complete(ref: ArrayRef, **extra: Any) -> None:
+def mark_complete(ref: ArrayRef, *, image_label: Mapping[str, Any] | None = None, **extra: Any) -> None:
     """Seal a store: set ``haloflow.complete = True`` plus `extra` attributes.
 
     Call it after all blocks are written; it is the store's last write.
@@ -848,6 +844,9 @@ def mark_complete(ref: ArrayRef, **extra: Any) -> None:
     ----------
     ref : ArrayRef
         The store, as returned by :func:`create_store`.
+    image_label : mapping, optional
+        A label store's ``image-label`` block (:func:`tasks.ome.image_label`),
+        set in the same write (see :func:`set_image_label`).
     **extra
         JSON-serialisable attributes (numpy scalars and arrays are converted),
         e.g. summary statistics.
@@ -862,14 +861,19 @@ def mark_complete(ref: ArrayRef, **extra: Any) -> None:
     reserved = {"fingerprint", "kind", "complete"} & extra.keys()
     if reserved:
         raise ValueError(f"mark_complete: {sorted(reserved)} are reserved attribute names")
-    group = _open_group(ref.store)
-    meta = _haloflow_attrs(group, ref.store)
+    if image_label is not None and ref.kind != "labels":
+        raise ValueError(f"store {ref.store} holds {ref.kind}, not labels: no image-label metadata")
+    attrs = _group_attributes(ref.store)
+    meta = _haloflow_meta(attrs, ref.store)
     if meta.get("fingerprint") != ref.fingerprint:
         raise ValueError(
             f"store {ref.store} was created for fingerprint {meta.get('fingerprint')!r}, "
             f"not {ref.fingerprint!r}"
         )
-    group.attrs["haloflow"] = {**meta, **_jsonable(extra), "complete": True}
+    update = {"haloflow": {**meta, **_jsonable(extra), "complete": True}}
+    if image_label is not None:
+        update["ome"] = {**attrs["ome"], "image-label": _jsonable(dict(image_label))}
+    _update_group_attributes(ref.store, update)
 
 
 def is_complete(path: str | os.PathLike, fingerprint: str | None = None) -> bool:
@@ -883,12 +887,11 @@ def is_complete(path: str | os.PathLike, fingerprint: str | None = None) -> bool
     """
     store = os.fspath(path)
     try:
-        group = zarr.open_group(storage.zarr_store(store), mode="r")
-        meta = _haloflow_attrs(group, store)
-        attrs = group.attrs.asdict()
-        zarr.open_array(storage.zarr_store(store), path=_ome_component(attrs, store), mode="r")
+        attrs = _group_attributes(store)
+        meta = _haloflow_meta(attrs, store)
+        _array_metadata(store, _ome_component(attrs, store))
         for dataset in attrs["ome"]["multiscales"][0]["datasets"][1:]:  # pyramid levels: part of the result
-            zarr.open_array(storage.zarr_store(store), path=dataset["path"], mode="r")
+            _array_metadata(store, dataset["path"])
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return False
     matches = fingerprint is None or meta.get("fingerprint") == fingerprint
@@ -941,6 +944,15 @@ def read_ref(ref: ArrayRef) -> da.Array:
 
 
 # --------------------------------------------------------------------------- tables
+
+
+def read_ref_whole(ref: ArrayRef) -> np.ndarray:
+    """A stored array read whole into memory, with one opening of the store (a batch image's stage).
+
+    Raises as :func:`read_ref`.
+    """
+    _check_ref(ref)
+    return np.asarray(_check_stored_array(ref)[...])
 
 
 def table_record_path(path: str | os.PathLike) -> str:
@@ -1604,6 +1616,27 @@ def _write_block(
     return np.asarray(stats, dtype=np.float64).reshape((4,) + (1,) * (block.ndim - 1))
 
 
+def write_whole(array: np.ndarray, ref: ArrayRef) -> dict[str, float]:
+    """Write an array held in memory into its store, block by block; the merged statistics.
+
+    The eager counterpart of :func:`write_blocks` (no graph) for an image
+    processed whole (a batch image): each block of the store's chunk grid is
+    written and recorded as done just the same.
+    """
+    array = np.asarray(array)
+    _check_ref(ref)
+    if array.shape != ref.shape or array.dtype != np.dtype(ref.dtype):
+        raise ValueError(
+            f"store {ref.store} holds shape {ref.shape} dtype {ref.dtype}, "
+            f"not the {array.dtype} array of shape {array.shape} given"
+        )
+    stats = []
+    for index in np.ndindex(*block_grid(ref)):
+        region = tuple((i * c, min((i + 1) * c, n)) for i, c, n in zip(index, ref.chunks, ref.shape))
+        stats.append(_write_block(array[tuple(slice(a, b) for a, b in region)], ref.store, ref.component, region, index))
+    return merge_block_stats(stats)
+
+
 def _may_be_fill(stats: list[float], fill_value: Any) -> bool:
     """Whether a block with these ``[count, min, max, sum]`` statistics may hold nothing but the fill value.
 
@@ -1683,8 +1716,8 @@ def _check_ref(ref: Any) -> None:
         raise TypeError(f"ref must be an ArrayRef, got {type(ref).__name__}")
 
 
-def _check_stored_array(ref: ArrayRef) -> None:
-    """ValueError unless the store holds an array matching `ref`."""
+def _check_stored_array(ref: ArrayRef) -> zarr.Array:
+    """The stored array of `ref`, opened to read; ValueError unless it matches `ref`."""
     if not storage.exists(ref.store):
         raise FileNotFoundError(f"store {ref.store} does not exist")
     try:
@@ -1696,6 +1729,7 @@ def _check_stored_array(ref: ArrayRef) -> None:
             f"store {ref.store} holds shape {array.shape} dtype {array.dtype}, "
             f"the reference says shape {ref.shape} dtype {ref.dtype}"
         )
+    return array
 
 
 def _open_group(store: str) -> zarr.Group:
@@ -1710,7 +1744,58 @@ def _open_group(store: str) -> zarr.Group:
 
 def _haloflow_attrs(group: zarr.Group, store: str) -> dict[str, Any]:
     """The ``haloflow`` attributes of an OME group made by create_store (ValueError otherwise)."""
-    attrs = group.attrs.asdict()
+    return _haloflow_meta(group.attrs.asdict(), store)
+
+
+def _group_attributes(store: str) -> dict[str, Any]:
+    """The attributes of the zarr v3 group at `store`, from one read of its ``zarr.json`` (no zarr machinery).
+
+    The stage stores are read this way many times per image; zarr's own
+    opening costs a few milliseconds each time.
+    """
+    document = _zarr_json(store, "", f"store {store} does not exist")
+    if document.get("zarr_format") != 3 or document.get("node_type") != "group":
+        raise ValueError(f"{store} is not a zarr v3 group")
+    attributes = document.get("attributes", {})
+    if not isinstance(attributes, dict):
+        raise ValueError(f"{store}: the group's attributes are not a mapping")
+    return attributes
+
+
+def _update_group_attributes(store: str, update: Mapping[str, Any]) -> None:
+    """Replace top-level attributes of the zarr v3 group at `store`: its ``zarr.json`` rewritten in one atomic write.
+
+    The document keeps every other field, and is written as zarr writes it
+    (indented JSON, non-finite numbers as ``NaN`` / ``Infinity``).
+    """
+    location = storage.join(store, "zarr.json")
+    document = _zarr_json(store, "", f"store {store} does not exist")
+    document["attributes"] = {**document.get("attributes", {}), **update}
+    storage.write_text(location, json.dumps(document, indent=2))
+
+
+def _array_metadata(store: str, component: str) -> dict[str, Any]:
+    """The ``zarr.json`` of the zarr v3 array at `component` of `store` (ValueError if there is none)."""
+    document = _zarr_json(store, component, f"store {store} has no array at component {component!r}")
+    if document.get("node_type") != "array" or not isinstance(document.get("shape"), list):
+        raise ValueError(f"store {store} has no array at component {component!r}")
+    return document
+
+
+def _zarr_json(store: str, component: str, missing: str) -> dict[str, Any]:
+    location = storage.join(store, component, "zarr.json") if component else storage.join(store, "zarr.json")
+    try:
+        document = json.loads(storage.read_text(location))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(missing) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{location} is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ValueError(f"{location} is not zarr metadata")
+    return document
+
+
+def _haloflow_meta(attrs: Mapping[str, Any], store: str) -> dict[str, Any]:
     meta = attrs.get("haloflow")
     if not isinstance(meta, dict) or "ome" not in attrs or meta.get("kind") not in STORE_KINDS:
         raise ValueError(f"{store} is not a haloflow store (no 'ome' and 'haloflow' attributes)")

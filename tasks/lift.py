@@ -33,6 +33,10 @@ GlobalLift = Callable[[da.Array, OpParams, Compute], tuple[da.Array, dict[str, A
 GLOBAL_LIFTS: dict[str, GlobalLift] = {}
 #: The global ops whose lifting takes the image's known range (``value_range=(min, max)``) instead of a pass to find it.
 TAKES_RANGE: set[str] = set()
+#: A global op on an image held whole in memory: ``(image, params, value_range) -> (result, found)``.
+WholeLift = Callable[[np.ndarray, OpParams, tuple | None], tuple[np.ndarray, dict[str, Any]]]
+#: In-memory liftings: what the chunked lifting gives on one block, without building a graph.
+WHOLE_LIFTS: dict[str, WholeLift] = {}
 
 
 def lifts(op: str, *, takes_range: bool = False):
@@ -96,6 +100,51 @@ def lift(
     if value_range is not None and params.op in TAKES_RANGE:
         return GLOBAL_LIFTS[params.op](image, params, compute, value_range=value_range)
     return GLOBAL_LIFTS[params.op](image, params, compute)
+
+
+def lift_whole(
+    image: np.ndarray, params: OpParams, *, axes: ImageAxes | None = None, value_range: tuple | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Any image-producing op on an image held whole in memory: what :func:`lift` gives it as one block.
+
+    Local ops and the global ops with an in-memory lifting
+    (:data:`WHOLE_LIFTS`: threshold, label) run on the array itself, with no
+    Dask graph: a batch image is small, and building a graph costs more than
+    the op. Every other case (``channel``, images with channel or time axes,
+    the other global ops) is :func:`lift` on one block with Dask's
+    synchronous scheduler, so the result is the same either way.
+
+    >>> from imageops.catalog import LabelParams
+    >>> labels, found = lift_whole(np.array([[1, 0, 1], [0, 0, 1]], dtype=bool), LabelParams())
+    >>> labels.tolist(), found
+    ([[1, 0, 2], [0, 0, 2]], {'objects': 2})
+    """
+    image = np.asarray(image)
+    family = get_op(params.op).family
+    if params.op != "channel" and not (axes is not None and axes.split):
+        if family in ("pointwise", "neighbourhood"):
+            return _run_op(image, params), {}
+        if params.op in WHOLE_LIFTS:
+            return WHOLE_LIFTS[params.op](image, params, value_range)
+    one_block = da.from_array(image, chunks=image.shape or (), name=False)
+    result, found = lift(one_block, params, _synchronous, axes=axes, value_range=value_range)
+    return np.asarray(result.compute(scheduler="synchronous")), found
+
+
+def _synchronous(*collections):
+    return dask.compute(*collections, scheduler="synchronous")
+
+
+def lifts_whole(op: str):
+    """Register the decorated function as the in-memory lifting of global op ``op`` (:func:`lift_whole`)."""
+
+    def register(function: WholeLift) -> WholeLift:
+        if op in WHOLE_LIFTS:
+            raise ValueError(f"op {op!r} has two in-memory liftings")
+        WHOLE_LIFTS[op] = function
+        return function
+
+    return register
 
 
 def select_channel(image: da.Array, params: ChannelParams, axes: ImageAxes | None) -> da.Array:
@@ -164,17 +213,29 @@ def threshold_value(image: da.Array, params: ThresholdParams, compute: Compute =
 
         return lift_filters.threshold_by_passes(image, params.method, compute)
     vmin, vmax = value_range if value_range is not None else min_max(image, compute)
+
+    def counts(centers):
+        hists = [
+            da.from_delayed(
+                dask.delayed(threshold_ops.block_histogram)(block, vmin, vmax), shape=centers.shape, dtype=np.int64
+            )
+            for block in image.to_delayed().ravel()
+        ]
+        return compute(da.stack(hists).sum(axis=0))[0]
+
+    return histogram_threshold(params.method, image.dtype, vmin, vmax, counts)
+
+
+def histogram_threshold(method: str, dtype, vmin, vmax, counts: Callable[[np.ndarray], np.ndarray]):
+    """A histogram method's threshold for an image of ``dtype`` and range ``[vmin, vmax]``.
+
+    ``counts(centers)`` gives the image's histogram over those bin centres;
+    it is not called when the range is empty or not finite.
+    """
     if vmin == vmax or not (np.isfinite(vmin) and np.isfinite(vmax)):
-        return threshold_ops.threshold_from_histogram(params.method, None, None, vmin, vmax)
-    centers = threshold_ops.bin_centers(image.dtype, vmin, vmax)
-    hists = [
-        da.from_delayed(
-            dask.delayed(threshold_ops.block_histogram)(block, vmin, vmax), shape=centers.shape, dtype=np.int64
-        )
-        for block in image.to_delayed().ravel()
-    ]
-    (counts,) = compute(da.stack(hists).sum(axis=0))
-    return threshold_ops.threshold_from_histogram(params.method, counts, centers, vmin, vmax)
+        return threshold_ops.threshold_from_histogram(method, None, None, vmin, vmax)
+    centers = threshold_ops.bin_centers(dtype, vmin, vmax)
+    return threshold_ops.threshold_from_histogram(method, counts(centers), centers, vmin, vmax)
 
 
 def min_max(image: da.Array, compute: Compute = dask.compute) -> tuple:
@@ -203,9 +264,7 @@ def label(mask: da.Array, params: LabelParams, compute: Compute = dask.compute) 
     the equivalences on the borders give one lookup table, and the lazy
     result labels each block again and maps it through the table.
     """
-    connectivity = params.connectivity
-    if connectivity is not None and connectivity > mask.ndim:
-        raise ValueError(f"connectivity must be between 1 and {mask.ndim} for a {mask.ndim}D image, got {connectivity}")
+    connectivity = _checked_connectivity(params, mask.ndim)
     grid = mask.numblocks
     summaries = compute(*[dask.delayed(_label_summary)(b, connectivity) for b in mask.to_delayed().ravel()])
     counts = np.array([n for n, _ in summaries], dtype=np.int64)
@@ -241,9 +300,7 @@ def measure(
     """
     if intensity is not None:
         intensity = intensity_on_label_chunks(labels, intensity)
-    wants_intensity = any(p in measure_ops.INTENSITY_PROPERTIES for p in params.properties)
-    if wants_intensity and intensity is None:
-        raise ValueError(f"properties {params.properties} need an intensity image")
+    wants_intensity = _wants_intensity(params, intensity)
     label_blocks = labels.to_delayed().ravel()
     intensity_blocks = intensity.to_delayed().ravel() if wants_intensity else [None] * len(label_blocks)
     origins = list(itertools.product(*[np.cumsum((0,) + c[:-1]) for c in labels.chunks]))
@@ -255,6 +312,29 @@ def measure(
     )
     merged = measure_ops.merge_partials(parts)
     return measure_ops.regionprops_columns(merged, params.properties, labels.ndim)
+
+
+def measure_whole(
+    labels: np.ndarray, params: MeasureParams, intensity: da.Array | Sequence[da.Array] | None = None
+) -> dict[str, np.ndarray]:
+    """:func:`measure` on labels held whole in memory (a batch image): one block, no graph for the labels.
+
+    ``intensity`` is as :func:`measure` takes it, lazily; it is read whole.
+    """
+    labels = np.asarray(labels)
+    if intensity is not None:
+        lazy = intensity_on_label_chunks(da.from_array(labels, chunks=labels.shape, name=False), intensity)
+        intensity = np.asarray(lazy.compute(scheduler="synchronous"))
+    part = measure_ops.block_partials(labels, intensity if _wants_intensity(params, intensity) else None, (0,) * labels.ndim)
+    return measure_ops.regionprops_columns(measure_ops.merge_partials([part]), params.properties, labels.ndim)
+
+
+def _wants_intensity(params: MeasureParams, intensity) -> bool:
+    """Whether the properties need the intensity image (ValueError when they do and there is none)."""
+    wants = any(p in measure_ops.INTENSITY_PROPERTIES for p in params.properties)
+    if wants and intensity is None:
+        raise ValueError(f"properties {params.properties} need an intensity image")
+    return wants
 
 
 def intensity_on_label_chunks(labels: da.Array, intensity: da.Array | Sequence[da.Array]) -> da.Array:
@@ -285,13 +365,47 @@ def intensity_on_label_chunks(labels: da.Array, intensity: da.Array | Sequence[d
 @lifts("threshold", takes_range=True)
 def _threshold_stage(image, params, compute, value_range=None):
     mask, value = threshold(image, params, compute, value_range)
-    return mask, {"threshold": value.item() if isinstance(value, np.generic) else value}
+    return mask, _threshold_found(value)
+
+
+@lifts_whole("threshold")
+def _threshold_whole(image: np.ndarray, params: ThresholdParams, value_range=None):
+    if params.method in threshold_ops.PASS_METHODS or params.method == "manual":
+        one_block = da.from_array(image, chunks=image.shape, name=False)
+        value = threshold_value(one_block, params, _synchronous, value_range)
+    else:
+        vmin, vmax = value_range if value_range is not None else (image.min(), image.max())
+        counts = partial(_whole_histogram, image, vmin, vmax)
+        value = histogram_threshold(params.method, image.dtype, vmin, vmax, counts)
+    return threshold_ops.apply_threshold(image, value), _threshold_found(value)
+
+
+def _whole_histogram(image: np.ndarray, vmin, vmax, centers: np.ndarray) -> np.ndarray:
+    return threshold_ops.block_histogram(image, vmin, vmax)
+
+
+def _threshold_found(value) -> dict[str, Any]:
+    return {"threshold": value.item() if isinstance(value, np.generic) else value}
 
 
 @lifts("label")
 def _label_stage(mask, params, compute):
     labels, n_objects = label(mask, params, compute)
     return labels, {"objects": n_objects}
+
+
+@lifts_whole("label")
+def _label_whole(mask: np.ndarray, params: LabelParams, value_range=None):
+    """One block labelled: no border to merge, so its labels 1..n are the final numbering."""
+    labels, n_objects = label_ops.label_block(mask, _checked_connectivity(params, mask.ndim))
+    return labels, {"objects": n_objects}
+
+
+def _checked_connectivity(params: LabelParams, ndim: int) -> int | None:
+    connectivity = params.connectivity
+    if connectivity is not None and connectivity > ndim:
+        raise ValueError(f"connectivity must be between 1 and {ndim} for a {ndim}D image, got {connectivity}")
+    return connectivity
 
 
 def _run_op(block: np.ndarray, params: OpParams) -> np.ndarray:

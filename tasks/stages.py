@@ -89,7 +89,9 @@ def batch_image_stage(
 ) -> dict[str, StepResult]:
     """Run one step on every image, each image on its own worker task, whole or in the given chunks."""
     work = [
-        dask.delayed(steps.isolated)(
+        dask.delayed(steps.isolated)(steps.run_whole_image_step, params, upstream, stores[image], name=key)
+        if chunks is None and _held_whole(upstream)
+        else dask.delayed(steps.isolated)(
             steps.run_image_step, params, upstream, stores[image], name=key, chunks=_image_chunks(upstream, chunks),
             compute=steps.local_compute, compute_blocks=steps.sync_compute_blocks, pyramid=False,
         )
@@ -113,7 +115,7 @@ def batch_table_stage(
     work = [
         dask.delayed(steps.isolated)(
             steps.measure_columns, params, ref, intensity=None if intensity is None else intensity[image],
-            compute=steps.local_compute,
+            compute=steps.local_compute, whole=_held_whole(ref),
         )
         for image, ref in labels.items()
     ]
@@ -140,6 +142,12 @@ def concatenate_tables(images: list[str], tables: list[dict[str, np.ndarray]]) -
     for name in names:
         columns[name] = np.concatenate([t[name] if name in t else np.full(len(next(iter(t.values()))), np.nan) for t in tables])
     return columns
+
+
+def _held_whole(upstream: Upstream) -> bool:
+    """Whether a batch image is read in one block (a source image, or a store in one chunk): held in memory whole."""
+    root = steps.stored_root(upstream)
+    return isinstance(root, io.InputSpec) or tuple(root.chunks) == tuple(root.shape)
 
 
 def _image_chunks(upstream: Upstream, chunks):

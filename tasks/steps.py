@@ -241,12 +241,63 @@ def run_image_step(
     levels = io.write_pyramid(ref, compute) if pyramid else []
     if levels:
         found["levels"] = [list(ref.shape), *map(list, levels)]
-    if ref.kind == "labels":
-        local = isinstance(upstream, ArrayRef) and "://" not in upstream.store + store
-        source = os.path.relpath(upstream.store, store) if local else None
-        io.set_image_label(ref, None if stats["max"] is None else int(stats["max"]), source)
-    io.mark_complete(ref, **found)
+    _seal(ref, upstream, stats, found)
     return StepResult(ref, time.perf_counter() - started, status=status, info=found)
+
+
+def run_whole_image_step(params: OpParams, upstream: Upstream, store: str, *, name: str) -> StepResult:
+    """:func:`run_image_step` for an image small enough to be held whole (a batch image): no Dask graph.
+
+    The stored input is read once; it, any fused steps beneath, and the op
+    run in memory (:func:`tasks.lift.lift_whole`), and the result is written
+    as the store's one block. The store, its metadata and what is recorded
+    are those :func:`run_image_step` gives the image in one block, without
+    lower-resolution levels. A store left unfinished is made again.
+    """
+    started = time.perf_counter()
+    info = get_op(params.op)
+    fp = step_fingerprint(params, upstream)
+    if io.is_complete(store, fp):
+        return _cached_result(store, started)
+    image, fused = read_whole(upstream)
+    axes = upstream_axes(upstream)
+    result, found = lift.lift_whole(image, params, axes=axes, value_range=recorded_range(upstream, image.dtype))
+    if fused:
+        found = {**found, "fused": fused}
+    out_axes = lift.output_axes(params, axes)
+    ref = io.create_store(
+        store, shape=result.shape, dtype=result.dtype, chunks=_piece_chunks(result.shape, out_axes),
+        kind=info.gives, fingerprint=fp, name=name, axes=out_axes.names,
+        calibration=_kept_calibration(upstream_calibration(upstream), axes, out_axes),
+    )
+    stats = io.write_whole(result, ref)
+    blocks = int(np.prod(io.block_grid(ref)))
+    found = {**found, "stats": {k: v for k, v in stats.items() if k != "count"}, "blocks": {"total": blocks, "written": blocks, "reused": 0}}
+    _seal(ref, upstream, stats, found)
+    return StepResult(ref, time.perf_counter() - started, info=found)
+
+
+def read_whole(upstream: Upstream) -> tuple[np.ndarray, dict[str, Any]]:
+    """The image a step reads, in memory, with any fused steps beneath it applied; what their global phases found."""
+    if isinstance(upstream, ArrayRef):
+        return io.read_ref_whole(upstream), {}
+    if not isinstance(upstream, Fused):
+        return np.asarray(io.imread(upstream, chunks=upstream.shape).compute(scheduler="synchronous")), {}
+    image, found = read_whole(upstream.upstream)
+    known = recorded_range(upstream.upstream, image.dtype)
+    result, own = lift.lift_whole(image, upstream.params, axes=upstream_axes(upstream.upstream), value_range=known)
+    return result, {**found, upstream.name: own}
+
+
+def _seal(ref: ArrayRef, upstream: Upstream, stats: dict[str, Any], found: dict[str, Any]) -> None:
+    """Mark a written store complete with what the step found; a label store also gets its colours and source."""
+    if ref.kind != "labels":
+        io.mark_complete(ref, **found)
+        return
+    local = isinstance(upstream, ArrayRef) and "://" not in upstream.store + ref.store
+    source = os.path.relpath(upstream.store, ref.store) if local else None
+    label = ome.image_label(None if stats["max"] is None else int(stats["max"]), source)
+    io.mark_complete(ref, image_label=label, **found)
 
 
 def recorded_range(upstream: Upstream, dtype) -> tuple | None:
@@ -305,9 +356,17 @@ def run_table_step(
 
 
 def measure_columns(
-    params: OpParams, labels: ArrayRef, *, intensity: Upstream | list[Upstream] | None = None, compute=cluster_compute
+    params: OpParams,
+    labels: ArrayRef,
+    *,
+    intensity: Upstream | list[Upstream] | None = None,
+    compute=cluster_compute,
+    whole: bool = False,
 ):
     """The measurement table's columns, computed over the label store's chunks.
+
+    ``whole``: the labels are read whole into memory and measured there
+    (:func:`tasks.lift.measure_whole`; a batch image), not chunk by chunk.
 
     ``intensity``: one image, or a list of images (per-image columns ``-0``, ``-1``, ... in list order).
     One image may have a channel axis (the labels then come from one of its
@@ -334,7 +393,10 @@ def measure_columns(
         intensity_array = [open_lazy(image) for image in intensity]
     else:
         intensity_array = None if intensity is None else _channels_last(intensity)
-    columns = lift.measure(io.read_ref(labels), params, intensity=intensity_array, compute=compute)
+    if whole:
+        columns = lift.measure_whole(io.read_ref_whole(labels), params, intensity=intensity_array)
+    else:
+        columns = lift.measure(io.read_ref(labels), params, intensity=intensity_array, compute=compute)
     physical = ome.common_unit(io.store_calibration(labels.store), axes.spatial)
     if physical is not None:
         columns.update(physical_columns(columns, *physical))
@@ -355,6 +417,14 @@ def _kept_calibration(calibration: Calibration, axes: ImageAxes, out_axes: Image
         return calibration
     kept = [a for a in range(axes.ndim) if a != axes.channel]
     return Calibration(tuple(calibration.scale[a] for a in kept), tuple(calibration.units[a] for a in kept))
+
+
+def _piece_chunks(shape: tuple[int, ...], axes: ImageAxes) -> tuple[int, ...]:
+    """Chunks of a store for an image processed whole: one piece (a channel at a time point) per chunk.
+
+    As :func:`run_image_step` stores it, its channel and time axes split into pieces.
+    """
+    return tuple(1 if a in axes.split else n for a, n in enumerate(shape))
 
 
 def _regular_chunks(image: da.Array) -> tuple[int, ...]:

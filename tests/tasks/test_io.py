@@ -325,6 +325,38 @@ def test_mark_complete_refuses_another_fingerprint(tmp_path):
         mark_complete(stale)
 
 
+def test_mark_complete_sets_a_label_stores_colours_in_the_same_write_and_refuses_them_elsewhere(tmp_path):
+    labels = _small_store(tmp_path / "l.zarr", "labels")
+    mark_complete(labels, image_label={"version": "0.5", "colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]}]}, objects=0)
+    group = zarr.open_group(labels.store, mode="r")  # zarr reads the rewritten metadata
+    assert group.attrs["ome"]["image-label"]["colors"][0]["label-value"] == 0
+    assert group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"] == "0"
+    assert group.attrs["haloflow"]["objects"] == 0 and is_complete(labels.store, labels.fingerprint)
+    mask = _small_store(tmp_path / "m.zarr", "mask")
+    with pytest.raises(ValueError, match="m.zarr holds mask, not labels"):
+        mark_complete(mask, image_label={"version": "0.5"})
+    assert not is_complete(mask.store)
+
+
+def test_mark_complete_keeps_non_finite_statistics_as_zarr_writes_them(tmp_path):
+    ref = _small_store(tmp_path / "s.zarr", "image")
+    mark_complete(ref, stats={"min": float("nan"), "max": float("inf")})
+    stats = zarr.open_group(ref.store, mode="r").attrs["haloflow"]["stats"]
+    assert np.isnan(stats["min"]) and stats["max"] == float("inf")
+
+
+def test_write_whole_writes_and_records_every_block_of_the_store(tmp_path):
+    ref = create_store(tmp_path / "s.zarr", shape=(3, 4, 5), dtype="uint16", chunks=(1, 4, 5), kind="image",
+                       fingerprint="f", name="s")
+    data = np.arange(60, dtype=np.uint16).reshape(3, 4, 5)
+    assert io_module.write_whole(data, ref) == {"count": 60, "min": 0.0, "max": 59.0, "mean": 29.5}
+    np.testing.assert_array_equal(zarr.open_array(ref.store, path="0", mode="r")[...], data)
+    assert io_module.done_blocks(ref) == {(0, 0, 0), (1, 0, 0), (2, 0, 0)}
+    assert io_module.done_block_stats(ref)[1, 0, 0] == [20.0, 20.0, 39.0, float(np.arange(20, 40).sum())]
+    with pytest.raises(ValueError, match="s.zarr holds shape .3, 4, 5. dtype uint16, not the float32 array"):
+        io_module.write_whole(data.astype(np.float32), ref)
+
+
 def test_open_store_ref_rejects_foreign_store(tmp_path):
     zarr.open_group(str(tmp_path / "foreign.zarr"), mode="w")
     with pytest.raises(ValueError, match="foreign.zarr"):

@@ -6,8 +6,11 @@ import pytest
 from scipy import ndimage as ndi
 from skimage import filters, measure
 
-from imageops.catalog import GaussianParams, LabelParams, MeasureParams, MedianParams, ThresholdParams
+from imageops.catalog import ChannelParams, GaussianParams, LabelParams, MeasureParams, MedianParams, ThresholdParams
+from imageops.catalog_filters import RescaleIntensityParams
+from imageops.catalog_masks import FillHolesParams
 from tasks import lift
+from tasks.axes import ImageAxes
 from tests.helpers import blobs, same_up_to_permutation, uneven_chunks
 
 SHAPES = {2: (61, 47), 3: (23, 38, 29)}
@@ -125,3 +128,85 @@ def test_measure_on_uneven_chunks_equals_regionprops_table(ndim):
 def test_measure_without_objects_gives_empty_columns():
     table = lift.measure(da.zeros((10, 10), dtype=np.uint32, chunks=4), MeasureParams(properties=["label", "area"], intensity=None))
     assert {k: len(v) for k, v in table.items()} == {"label": 0, "area": 0}
+
+
+def _one_block(image):
+    return da.from_array(image, chunks=image.shape)
+
+
+_WHOLE_CASES = [
+    ("gaussian", GaussianParams(sigma=2.0), np.uint16, None),
+    ("otsu", ThresholdParams(method="otsu"), np.float32, None),
+    ("otsu of integers", ThresholdParams(method="otsu"), np.uint16, None),
+    ("yen", ThresholdParams(method="yen"), np.float32, None),
+    ("li (passes)", ThresholdParams(method="li"), np.float32, None),
+    ("mean (passes)", ThresholdParams(method="mean"), np.uint16, None),
+    ("manual", ThresholdParams(method="manual", value=0.4), np.float32, None),
+    ("label", LabelParams(connectivity=1), bool, None),
+    ("label, full connectivity", LabelParams(), bool, None),
+    ("rescale_intensity (no in-memory lifting)", RescaleIntensityParams(low_percentile=2, high_percentile=98), np.uint16, None),
+    ("fill_holes (no in-memory lifting)", FillHolesParams(), bool, None),
+    ("otsu per channel (channel axis)", ThresholdParams(method="otsu"), np.float32, ImageAxes(3, channel=0)),
+    ("channel", ChannelParams(index=1), np.uint16, ImageAxes(3, channel=0)),
+]
+
+
+@pytest.mark.parametrize("case, params, dtype, axes", _WHOLE_CASES, ids=[c[0] for c in _WHOLE_CASES])
+def test_an_op_on_an_image_held_whole_equals_its_chunked_lifting_on_one_block(case, params, dtype, axes):
+    shape = (3, 40, 52) if axes is not None else (45, 38)
+    image = blobs(shape, seed=3, dtype=np.float32 if dtype is bool else dtype)
+    if dtype is bool:
+        image = image > 0.5
+    expected, expected_found = lift.lift(_one_block(image), params, axes=axes)
+    result, found = lift.lift_whole(image, params, axes=axes)
+    assert isinstance(result, np.ndarray) and result.dtype == expected.dtype
+    np.testing.assert_array_equal(result, expected.compute())
+    assert found == expected_found
+
+
+def test_otsu_and_label_held_whole_equal_scikit_image():
+    image = blobs((57, 44), seed=8, dtype=np.float32)
+    mask, found = lift.lift_whole(image, ThresholdParams(method="otsu"))
+    assert found == {"threshold": filters.threshold_otsu(image)}
+    np.testing.assert_array_equal(mask, image > filters.threshold_otsu(image))
+    labels, found = lift.lift_whole(mask, LabelParams(connectivity=1))
+    np.testing.assert_array_equal(labels, measure.label(mask, connectivity=1))
+    assert found == {"objects": int(measure.label(mask, connectivity=1).max())}
+
+
+def test_an_image_held_whole_keeps_its_known_range():
+    image = blobs((30, 31), seed=2, dtype=np.float32)
+    wide = (np.float32(-1.0), np.float32(2.0))  # a stored stage's recorded range is used, not found again
+    _, found = lift.lift_whole(image, ThresholdParams(method="otsu"), value_range=wide)
+    _, expected = lift.lift(_one_block(image), ThresholdParams(method="otsu"), value_range=wide)
+    assert found == expected and found != {"threshold": filters.threshold_otsu(image)}
+
+
+def test_a_bad_connectivity_is_refused_held_whole_as_on_chunks():
+    mask = np.zeros((5, 6), bool)
+    with pytest.raises(ValueError, match="connectivity must be between 1 and 2 for a 2D image, got 3"):
+        lift.lift_whole(mask, LabelParams(connectivity=3))
+
+
+@pytest.mark.parametrize("intensity", ["none", "one image", "a list of two", "channels last"])
+def test_measure_of_labels_held_whole_equals_regionprops_table(intensity):
+    image = blobs((50, 43), seed=9, dtype=np.uint16)
+    labels = measure.label(image > filters.threshold_otsu(image))
+    other = blobs((50, 43), seed=10, dtype=np.uint16)
+    props = ["label", "area", "centroid", "bbox"] + (["intensity_mean", "intensity_max"] if intensity != "none" else [])
+    given, reference_image = {
+        "none": (None, None),
+        "one image": (_one_block(image), image),
+        "a list of two": ([_one_block(image), _one_block(other)], np.stack([image, other], axis=-1)),
+        "channels last": (_one_block(np.stack([image, other], axis=-1)), np.stack([image, other], axis=-1)),
+    }[intensity]
+    table = lift.measure_whole(labels, MeasureParams(properties=props), intensity=given)
+    reference = measure.regionprops_table(labels, reference_image, properties=props)
+    assert list(table) == list(reference)
+    for key in reference:
+        np.testing.assert_allclose(table[key], reference[key], rtol=1e-9, err_msg=key)
+
+
+def test_measure_held_whole_asks_for_the_intensity_its_properties_need():
+    with pytest.raises(ValueError, match="need an intensity image"):
+        lift.measure_whole(np.ones((4, 4), np.uint32), MeasureParams(properties=["label", "intensity_mean"]))

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
+from pathlib import Path
 
 import dask
 import numpy as np
 import pytest
 import tifffile
 import zarr
-from skimage import filters
+from scipy import ndimage as ndi
+from skimage import filters, measure as skimage_measure
 
-from imageops.catalog import GaussianParams, ThresholdParams
+from imageops.catalog import GaussianParams, LabelParams, ThresholdParams
 from tasks import io, steps
 from tests.helpers import blobs
 
@@ -79,3 +82,61 @@ def test_a_multi_pass_step_reads_a_stored_image_in_one_block_once(tmp_path, monk
     image = zarr.open_array(smooth.ref.store, path="0", mode="r")[...]
     expected = image > filters.threshold_otsu(image)
     np.testing.assert_array_equal(zarr.open_array(mask.ref.store, path="0", mode="r")[...], expected)
+
+
+def _store_documents(store):
+    """The group's and the array's metadata, and the array, of a store."""
+    group = json.loads((Path(store) / "zarr.json").read_text())
+    array = json.loads((Path(store) / "0" / "zarr.json").read_text())
+    return group, array, zarr.open_array(store, path="0", mode="r")[...]
+
+
+def _same_store(whole, chunked):
+    g1, a1, x1 = _store_documents(whole)
+    g2, a2, x2 = _store_documents(chunked)
+    assert g1 == g2 and a1 == a2
+    assert x1.dtype == x2.dtype
+    np.testing.assert_array_equal(x1, x2)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["every step stored", "gaussian and threshold fused"])
+def test_a_step_on_an_image_held_whole_writes_the_store_the_chunked_step_writes_in_one_block(tmp_path, fused):
+    tifffile.imwrite(tmp_path / "in.tif", blobs((48, 41), seed=5))
+    source = io.resolve_input(str(tmp_path / "in.tif"))
+    one_block = dict(compute=partial(dask.compute, scheduler="synchronous"),
+                     compute_blocks=steps.sync_compute_blocks, pyramid=False)
+    steps_ = [("g", GaussianParams(sigma=2.0)), ("t", ThresholdParams(method="otsu")), ("l", LabelParams(connectivity=1))]
+    whole_up = chunked_up = source
+    for name, params in steps_:
+        whole_store, chunked_store = (str(tmp_path / way / f"{name}.ome.zarr") for way in ("whole", "chunked"))
+        if fused and name != "l":
+            whole_up, chunked_up = steps.fuse(params, whole_up, name), steps.fuse(params, chunked_up, name)
+            continue
+        whole = steps.run_whole_image_step(params, whole_up, whole_store, name=name)
+        chunked = steps.run_image_step(params, chunked_up, chunked_store, name=name, chunks=source.shape, **one_block)
+        assert whole.status == chunked.status == "computed"
+        assert whole.info == chunked.info
+        _same_store(whole_store, chunked_store)
+        whole_up, chunked_up = whole.ref, chunked.ref
+    image = blobs((48, 41), seed=5)
+    smooth = ndi.gaussian_filter(image.astype(np.float32), 2.0, mode="nearest", truncate=4.0)
+    expected = skimage_measure.label(smooth > filters.threshold_otsu(smooth), connectivity=1)
+    np.testing.assert_array_equal(zarr.open_array(whole_up.store, path="0", mode="r")[...], expected)
+    labels_meta = json.loads((Path(whole_up.store) / "zarr.json").read_text())["attributes"]
+    assert len(labels_meta["ome"]["image-label"]["colors"]) == expected.max() + 1
+    assert ("source" in labels_meta["ome"]["image-label"]) is not fused  # a stored threshold store is the source
+
+
+def test_a_step_held_whole_reuses_a_complete_store_and_makes_an_unfinished_one_again(tmp_path):
+    tifffile.imwrite(tmp_path / "in.tif", blobs((30, 33), seed=6))
+    source = io.resolve_input(str(tmp_path / "in.tif"))
+    store = str(tmp_path / "g.ome.zarr")
+    first = steps.run_whole_image_step(GaussianParams(sigma=1.0), source, store, name="g")
+    again = steps.run_whole_image_step(GaussianParams(sigma=1.0), source, store, name="g")
+    assert (first.status, again.status) == ("computed", "cached") and again.info["stats"] == first.info["stats"]
+    io.create_store(store, shape=first.ref.shape, dtype=first.ref.dtype, chunks=first.ref.shape, kind="image",
+                    fingerprint=first.ref.fingerprint, name="g")  # interrupted before its block was written
+    assert not io.is_complete(store)
+    redone = steps.run_whole_image_step(GaussianParams(sigma=1.0), source, store, name="g")
+    assert redone.status == "computed" and io.is_complete(store, first.ref.fingerprint)
+    assert redone.info["stats"] == first.info["stats"]
