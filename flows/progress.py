@@ -97,6 +97,8 @@ class RunWatcher:
         self._stale = _file_identity(self._record_path)
         self._reported = 0
         self._complete: set[tuple[str, str]] = set()
+        self._expected: dict[tuple[str, str], str] = {}  # (stage, image): the fingerprint its store will have
+        self._record: tuple[Any, dict[str, Any]] | None = None  # run.json's identity and contents when last read
         self._refs: dict[str, ArrayRef] = {}
         self._sources: dict[str, Any] = {}
         self._batch_paths: dict[str, str] | None = None
@@ -160,10 +162,14 @@ class RunWatcher:
         identity = _file_identity(self._record_path)
         if identity is None or identity == self._stale:
             return None
+        if self._record is not None and self._record[0] == identity:  # unchanged since the last poll
+            return self._record[1]
         try:
-            return json.loads(storage.read_text(self._record_path))
+            record = json.loads(storage.read_text(self._record_path))
         except (OSError, ValueError):
             return None
+        self._record = (identity, record)
+        return record
 
     def _progress(self, record: dict[str, Any], index: int) -> Progress:
         step = self.spec.steps[index]
@@ -185,13 +191,17 @@ class RunWatcher:
         images = record.get("images", [])
         done = 0
         for image in images:
-            upstream = self._upstream(record["stages"], image)
-            if upstream is None:  # failed earlier
-                done += 1
-                continue
             if (key, image) in self._complete:
                 done += 1
-            elif io.is_complete(storage.join(self.out, image, f"{key}.ome.zarr"), step_fingerprint(step, upstream)):
+                continue
+            expected = self._expected.get((key, image))
+            if expected is None:
+                upstream = self._upstream(record["stages"], image)
+                if upstream is None:  # failed earlier
+                    done += 1
+                    continue
+                expected = self._expected[key, image] = step_fingerprint(step, upstream)
+            if io.is_complete(storage.join(self.out, image, f"{key}.ome.zarr"), expected):
                 self._complete.add((key, image))
                 done += 1
         return Progress(key, done, len(images), "images")

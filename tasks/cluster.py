@@ -10,7 +10,7 @@ from typing import Any
 
 import dask
 
-__all__ = ["compute_on_cluster", "current_worker_address"]
+__all__ = ["cluster_threads", "compute_on_cluster", "current_worker_address"]
 
 
 def _current_worker():
@@ -42,6 +42,22 @@ def current_worker_address() -> str | None:
     """Address of the Dask worker running the caller, or ``None`` outside workers."""
     worker = _current_worker()
     return None if worker is None else worker.address
+
+
+def cluster_threads() -> int:
+    """How many tasks the caller's cluster runs at once: its workers' threads, or this machine's cores outside one."""
+    import os
+
+    client = None
+    if _current_worker() is not None:
+        from distributed import get_client
+
+        client = get_client()
+    else:
+        client = _default_client()
+    if client is None:
+        return os.cpu_count() or 1
+    return max(1, sum(client.nthreads().values()))
 
 
 def compute_on_cluster(*collections: Any, **compute_kwargs: Any) -> Any:

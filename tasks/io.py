@@ -60,6 +60,7 @@ __all__ = [
     "read_ref",
     "read_ref_whole",
     "read_table",
+    "read_whole",
     "resolve_input",
     "set_image_label",
     "store_axes",
@@ -944,6 +945,18 @@ def read_ref(ref: ArrayRef) -> da.Array:
 
 
 # --------------------------------------------------------------------------- tables
+
+
+def read_whole(source: Any) -> np.ndarray:
+    """An input read whole into memory (a batch image): as :func:`imread` in one block gives it.
+
+    A single TIFF is read directly, with no graph; other inputs through :func:`imread`.
+    """
+    spec = resolve_input(source)
+    if spec.kind == "tiff":
+        whole = tuple(slice(0, n) for n in spec.shape)
+        return _read_tiff_region(spec.paths[0], whole).astype(np.dtype(spec.dtype), copy=False)
+    return np.asarray(imread(spec, chunks=spec.shape).compute(scheduler="synchronous"))
 
 
 def read_ref_whole(ref: ArrayRef) -> np.ndarray:

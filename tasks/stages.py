@@ -8,6 +8,8 @@ never per chunk or per small image.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import dask
@@ -17,6 +19,7 @@ from prefect import task
 from imageops.registry import OpParams
 from tasks import faults, io, steps
 from tasks.artifacts import Progress, publish_batch_stage, publish_stage
+from tasks.cluster import cluster_threads
 from tasks.reference import ArrayRef, TableRef, fingerprint
 from tasks.steps import StepResult, Upstream
 
@@ -87,17 +90,18 @@ def batch_image_stage(
     chunks: list[int] | None = None,
     artifact: str | None = None,
 ) -> dict[str, StepResult]:
-    """Run one step on every image, each image on its own worker task, whole or in the given chunks."""
+    """Run one step on every image, in worker tasks of a few images each, whole or in the given chunks."""
     work = [
-        dask.delayed(steps.isolated)(steps.run_whole_image_step, params, upstream, stores[image], name=key)
+        partial(steps.isolated, steps.run_whole_image_step, params, upstream, stores[image], name=key)
         if chunks is None and _held_whole(upstream)
-        else dask.delayed(steps.isolated)(
-            steps.run_image_step, params, upstream, stores[image], name=key, chunks=_image_chunks(upstream, chunks),
-            compute=steps.local_compute, compute_blocks=steps.sync_compute_blocks, pyramid=False,
+        else partial(
+            steps.isolated, steps.run_image_step, params, upstream, stores[image], name=key,
+            chunks=_image_chunks(upstream, chunks), compute=steps.local_compute,
+            compute_blocks=steps.sync_compute_blocks, pyramid=False,
         )
         for image, upstream in upstreams.items()
     ]
-    results = dict(zip(upstreams, steps.cluster_compute(*work)))
+    results = dict(zip(upstreams, run_in_groups(work)))
     if artifact:
         publish_batch_stage(artifact, results)
     return results
@@ -113,13 +117,13 @@ def batch_table_stage(
 ) -> StepResult:
     """Measure every image's objects and write one table with an ``image`` column first."""
     work = [
-        dask.delayed(steps.isolated)(
-            steps.measure_columns, params, ref, intensity=None if intensity is None else intensity[image],
+        partial(
+            steps.isolated, steps.measure_columns, params, ref, intensity=None if intensity is None else intensity[image],
             compute=steps.local_compute, whole=_held_whole(ref),
         )
         for image, ref in labels.items()
     ]
-    per_image = dict(zip(labels, steps.cluster_compute(*work)))
+    per_image = dict(zip(labels, run_in_groups(work)))
     failed = {image: r.error for image, r in per_image.items() if isinstance(r, steps.ImageFailure)}
     measured = {image: r for image, r in per_image.items() if image not in failed}
     columns = concatenate_tables(list(measured), list(measured.values()))
@@ -129,6 +133,31 @@ def batch_table_stage(
     ref = TableRef(table, rows, tuple(columns), fingerprint(*parts))
     info = {"rows": rows, "failed": failed} if failed else {"rows": rows}
     return StepResult(ref, 0.0, info=info)
+
+
+#: Most images one worker task of a batch stage processes: a task of a few images costs the scheduler
+#: and the worker what a task of one does (a millisecond or two), while one small image takes 10-30 ms.
+MAX_GROUP = 8
+#: Fewest tasks per worker thread, so that the last tasks still spread over the cluster.
+TASKS_PER_THREAD = 4
+
+
+def run_in_groups(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Call every one of ``calls`` on the caller's cluster, a few per worker task; the results in order.
+
+    A group holds at most :data:`MAX_GROUP` calls, and fewer when there are
+    not :data:`TASKS_PER_THREAD` groups per worker thread otherwise.
+    """
+    if not calls:
+        return []
+    size = max(1, min(MAX_GROUP, len(calls) // (TASKS_PER_THREAD * cluster_threads())))
+    groups = [calls[start:start + size] for start in range(0, len(calls), size)]
+    done = steps.cluster_compute(*[dask.delayed(_call_all)(group) for group in groups])
+    return [result for group in done for result in group]
+
+
+def _call_all(calls: list[Callable[[], Any]]) -> list[Any]:
+    return [call() for call in calls]
 
 
 def concatenate_tables(images: list[str], tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -282,7 +282,7 @@ def read_whole(upstream: Upstream) -> tuple[np.ndarray, dict[str, Any]]:
     if isinstance(upstream, ArrayRef):
         return io.read_ref_whole(upstream), {}
     if not isinstance(upstream, Fused):
-        return np.asarray(io.imread(upstream, chunks=upstream.shape).compute(scheduler="synchronous")), {}
+        return io.read_whole(upstream), {}
     image, found = read_whole(upstream.upstream)
     known = recorded_range(upstream.upstream, image.dtype)
     result, own = lift.lift_whole(image, upstream.params, axes=upstream_axes(upstream.upstream), value_range=known)

@@ -540,3 +540,26 @@ def test_write_blocks_skips_done_blocks_and_resumes(tmp_path):
     mark_complete(ref)
     assert resumable(store, "fp") is None
     np.testing.assert_array_equal(read_ref(ref).compute(), data)
+
+
+@pytest.mark.parametrize("kind", ["tiff", "imagej stack", "glob", "zarr"])
+def test_read_whole_gives_what_imread_gives_in_one_block(tmp_path, kind):
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 4000, (3, 20, 17), dtype=np.uint16)
+    if kind == "tiff":
+        tifffile.imwrite(tmp_path / "a.tif", image[0])
+        source = str(tmp_path / "a.tif")
+    elif kind == "imagej stack":
+        tifffile.imwrite(tmp_path / "a.tif", image, imagej=True, metadata={"axes": "CYX"})
+        source = str(tmp_path / "a.tif")
+    elif kind == "glob":
+        for i, plane in enumerate(image):
+            tifffile.imwrite(tmp_path / f"p{i}.tif", plane)
+        source = str(tmp_path / "p*.tif")
+    else:
+        zarr.create_array(str(tmp_path / "a.zarr"), data=image, chunks=(1, 8, 8))
+        source = str(tmp_path / "a.zarr")
+    whole = io_module.read_whole(source)
+    expected = imread(source).compute()
+    assert whole.dtype == expected.dtype
+    np.testing.assert_array_equal(whole, expected)
