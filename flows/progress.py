@@ -63,6 +63,8 @@ class Progress:
 #: Largest share of one core the polls may take: a slow poll (a large batch) is followed by a longer pause.
 #: At 20 % (the earlier setting), polling a batch of 2000 images took a tenth of a 2-core machine.
 POLL_SHARE = 0.05
+#: Longest pause between polls, however slow the last one was (the first poll of a batch reads every image's header).
+MAX_PAUSE = 5.0
 
 
 class RunWatcher:
@@ -144,7 +146,7 @@ class RunWatcher:
             except Exception:  # a half-made store, a file replaced under us: try again next time
                 pass
             spent = time.monotonic() - started
-            self._stop.wait(max(self.interval, spent / POLL_SHARE))
+            self._stop.wait(min(max(self.interval, spent / POLL_SHARE), MAX_PAUSE))
 
     # -- one poll --------------------------------------------------------------------
     def poll(self, progress: bool = True) -> None:

@@ -56,7 +56,10 @@ def gaussian(image, sigma, *, truncate: float = 4.0, mode: str = "nearest") -> n
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")
     _check_mode(mode)
     work = image if image.dtype == np.float64 else image.astype(np.float32, copy=False)
-    return ndi.gaussian_filter(work, sigmas, mode=mode, truncate=truncate)
+    # A float32 copy made here is smoothed in place (SciPy filters each axis's lines through a buffer,
+    # and smooths in place after the first axis anyway): the same values, one block-sized array fewer.
+    output = work if work is not image else None
+    return ndi.gaussian_filter(work, sigmas, mode=mode, truncate=truncate, output=output)
 
 
 def median(image, size, *, mode: str = "nearest") -> np.ndarray:

@@ -19,11 +19,19 @@ def test_gaussian_is_float32_for_integer_and_float32_input(dtype):
     np.testing.assert_array_equal(out, ndi.gaussian_filter(image.astype(np.float32), 1.5, mode="nearest"))
 
 
-def test_gaussian_does_not_mutate_input():
-    image = blobs((10, 10), dtype=np.float32)
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
+def test_gaussian_does_not_mutate_input(dtype):
+    image = blobs((10, 10), dtype=dtype)
     before = image.copy()
     hf.gaussian(image, 2.0)
     np.testing.assert_array_equal(image, before)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "reflect", "constant"])
+def test_gaussian_of_a_3d_integer_image_with_one_sigma_per_axis_equals_scipy(mode):
+    image = blobs((9, 14, 11), seed=2, dtype=np.uint16)
+    expected = ndi.gaussian_filter(image.astype(np.float32), (0.5, 2.0, 3.0), mode=mode, truncate=3.0)
+    np.testing.assert_array_equal(hf.gaussian(image, (0.5, 2.0, 3.0), mode=mode, truncate=3.0), expected)
 
 
 @pytest.mark.parametrize(
