@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batch import HALOFLOW, HALOFLOW_KEEP, LOOP
+from batch import HALOFLOW, HALOFLOW_KEEP, LOOP, SECTION as BATCH_SECTION
 from measure import write_section
 from pipeline import command_line, footer_lines, now
 
@@ -76,13 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[500, 2000, 5000], help="batch sizes")
     parser.add_argument("--workdir", type=Path, required=True, help="one sub-folder per size, kept")
-    parser.add_argument("--markdown", type=Path, help="add / replace this benchmark's section in this file")
+    parser.add_argument("--markdown", type=Path, help="add / replace this benchmark's section in this file, and "
+                        "batch.py's own section with the run of --section-images images")
+    parser.add_argument("--section-images", type=int, default=2000,
+                        help="the size whose full batch.py report goes in its section of --markdown (default 2000)")
     args, passthrough = parser.parse_known_args(argv)
     date = now()
     sizes = {images: run_size(images, args.workdir / f"images_{images}", passthrough) for images in args.images}
     lines = [f"Run on {date} with:\n\n```bash\n{command_line(argv)}\n```\n",
-             "Each size is one run of `batch.py` (its own section above gives the method; the 2000-image run "
-             "there is a separate run). `wall ms / image`: the whole run divided by the number of images, so the "
+             "Each size is one run of `batch.py` (its section above gives the method and, for "
+             f"{args.section_images} images, the full report of the run in this table). `wall ms / image`: the whole run divided by the number of images, so the "
              "fixed start-up (Prefect server, cluster, imports: about 15 s) weighs more on small batches; `stages "
              "ms / image`: the sum of the stages' seconds in `run.json` divided by the number of images.\n",
              *per_image_rows(sizes), "", *spread_lines(sizes), "", *footer_lines()]
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + report)
     if args.markdown:
         write_section(args.markdown, SECTION, report)
+        if args.section_images in sizes:
+            batch_report = (args.workdir / f"images_{args.section_images}" / "batch.md").read_text()
+            write_section(args.markdown, BATCH_SECTION, batch_report)
     return 0
 
 

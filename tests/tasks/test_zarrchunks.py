@@ -1,0 +1,104 @@
+"""Stage stores written and read without zarr's async pipeline are what zarr itself writes and reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import GzipCodec
+
+from tasks import io, zarrchunks
+from tasks.io import _store_codec
+
+
+def _documents(store: Path) -> tuple[dict, dict]:
+    return json.loads((store / "zarr.json").read_text()), json.loads((store / "0" / "zarr.json").read_text())
+
+
+def _zarr_made(path: Path, shape, dtype, chunks, axes, attributes):
+    """The store create_store made before: zarr's own group and array."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes=attributes)
+    group.create_array("0", shape=shape, dtype=dtype, chunks=chunks, compressors=_store_codec(np.dtype(dtype)),
+                       dimension_names=axes)
+    return group["0"]
+
+
+@pytest.mark.parametrize("shape, chunks, dtype", [
+    ((40, 30), (40, 30), "float32"),
+    ((5, 40, 30), (2, 16, 30), "uint16"),
+    ((2, 3, 9, 8), (1, 1, 9, 8), "float64"),
+    ((9, 8), (4, 4), "bool"),
+    ((3, 4, 5, 6, 7), (1, 2, 5, 6, 7), "uint32"),
+])
+def test_a_new_store_has_the_metadata_zarr_gives_it(tmp_path, shape, chunks, dtype):
+    ref = io.create_store(tmp_path / "ours.zarr", shape=shape, dtype=dtype, chunks=chunks, kind="image",
+                          fingerprint="f", name="n")
+    group, array = _documents(tmp_path / "ours.zarr")
+    axes = array["dimension_names"]
+    _zarr_made(tmp_path / "zarrs.zarr", shape, dtype, chunks, axes, group["attributes"])
+    assert (group, array) == _documents(tmp_path / "zarrs.zarr")
+    opened = zarr.open_array(ref.store, path="0", mode="r")
+    assert opened.shape == shape and opened.chunks == chunks and opened.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "uint16", "bool", "uint32", "int8"])
+def test_chunks_written_directly_are_the_bytes_zarr_writes_and_read_back_the_same(tmp_path, dtype):
+    shape, chunks = (3, 37, 29), (2, 16, 16)  # edge chunks on every axis
+    rng = np.random.default_rng(1)
+    data = (rng.random(shape) * 200).astype(dtype) if dtype != "bool" else rng.random(shape) > 0.5
+    data[:2, :16, :16] = 0  # a chunk of only the fill value: zarr writes no file for it
+    ref = io.create_store(tmp_path / "ours.zarr", shape=shape, dtype=dtype, chunks=chunks, kind="image",
+                          fingerprint="f", name="n")
+    io._check_stored_array(ref)
+    for index in np.ndindex(*io.block_grid(ref)):
+        region = tuple((i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, shape))
+        io._write_block(data[tuple(slice(a, b) for a, b in region)], ref.store, "0", region, index)
+    theirs = _zarr_made(tmp_path / "zarrs.zarr", shape, dtype, chunks, ["z", "y", "x"], {})
+    theirs[...] = data
+    ours_files = sorted(p.relative_to(tmp_path / "ours.zarr" / "0") for p in (tmp_path / "ours.zarr" / "0" / "c").rglob("*") if p.is_file())
+    zarr_files = sorted(p.relative_to(tmp_path / "zarrs.zarr" / "0") for p in (tmp_path / "zarrs.zarr" / "0" / "c").rglob("*") if p.is_file())
+    assert ours_files == zarr_files and Path("c/0/0/0") not in ours_files
+    for name in ours_files:
+        assert (tmp_path / "ours.zarr" / "0" / name).read_bytes() == (tmp_path / "zarrs.zarr" / "0" / name).read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(ref.store, path="0", mode="r")[...], data)
+    whole = io.read_ref_whole(ref)
+    assert whole.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(whole, data)
+
+
+def test_a_block_that_is_not_one_whole_chunk_is_left_to_zarr(tmp_path):
+    ref = io.create_store(tmp_path / "s.zarr", shape=(8, 8), dtype="uint16", chunks=(4, 4), kind="image",
+                          fingerprint="f", name="n")
+    block = np.arange(32, dtype=np.uint16).reshape(8, 4) + 1
+    io._write_block(block, ref.store, "0", ((0, 8), (0, 4)), (0, 0))  # two chunks in one block
+    np.testing.assert_array_equal(zarr.open_array(ref.store, path="0", mode="r")[:, :4], block)
+
+
+def test_read_whole_of_a_store_zarr_wrote_with_another_codec(tmp_path):
+    ref = io.create_store(tmp_path / "s.zarr", shape=(6, 5), dtype="uint16", chunks=(6, 5), kind="image",
+                          fingerprint="f", name="n")
+    data = np.arange(30, dtype=np.uint16).reshape(6, 5)
+    zarr.create_array(str(tmp_path / "s.zarr"), name="0", shape=(6, 5), dtype="uint16", chunks=(3, 5),
+                      compressors=GzipCodec(), overwrite=True)[...] = data
+    assert zarrchunks.chunk_codec(io._array_metadata(ref.store, "0")) is None
+    np.testing.assert_array_equal(io.read_ref_whole(ref), data)
+
+
+@pytest.mark.parametrize("change", [
+    {"codecs": [{"name": "bytes", "configuration": {"endian": "big"}}, {"name": "zstd", "configuration": {"level": 1}}]},
+    {"codecs": [{"name": "bytes"}]},
+    {"codecs": [{"name": "sharding_indexed", "configuration": {}}]},
+    {"chunk_key_encoding": {"name": "v2", "configuration": {"separator": "."}}},
+    {"fill_value": "NaN"},
+    {"zarr_format": 2},
+    {"data_type": "complex64"},
+])
+def test_chunk_codec_handles_only_the_chains_haloflow_writes(tmp_path, change):
+    io.create_store(tmp_path / "s.zarr", shape=(4, 4), dtype="uint16", chunks=(4, 4), kind="image",
+                    fingerprint="f", name="n")
+    metadata = io._array_metadata(str(tmp_path / "s.zarr"), "0")
+    assert zarrchunks.chunk_codec(metadata) is not None
+    assert zarrchunks.chunk_codec({**metadata, **change}) is None
