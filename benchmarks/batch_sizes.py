@@ -29,12 +29,15 @@ SECTION = "## Batch workflow: time per image against the number of images"
 SHORT = {HALOFLOW: "every store kept", HALOFLOW_KEEP: "keep: [label]", LOOP: "for-loop"}
 
 
-def run_size(images: int, work: Path, passthrough: list[str]) -> list[dict]:
-    """``batch.py`` on ``images`` images in ``work``; its measured runs (warm-ups left out)."""
+def run_size(images: int, work: Path, passthrough: list[str], reuse: bool = False) -> list[dict]:
+    """``batch.py`` on ``images`` images in ``work`` (or, with ``reuse``, its last run there); the measured runs."""
     work.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, str(HERE / "batch.py"), "--images", str(images), "--workdir", str(work), "--keep", *passthrough]
-    print("$", " ".join(argv), flush=True)
-    subprocess.run(argv, check=True)
+    if reuse and (work / "batch_runs.json").is_file():
+        print(f"reusing the runs in {work}", flush=True)
+    else:
+        print("$", " ".join(argv), flush=True)
+        subprocess.run(argv, check=True)
     runs = json.loads((work / "batch_runs.json").read_text())
     return [r for r in runs if r.get("group") in SHORT]
 
@@ -80,14 +83,20 @@ def main(argv: list[str] | None = None) -> int:
                         "batch.py's own section with the run of --section-images images")
     parser.add_argument("--section-images", type=int, default=2000,
                         help="the size whose full batch.py report goes in its section of --markdown (default 2000)")
+    parser.add_argument("--reuse", type=int, nargs="*", default=[],
+                        help="sizes whose last run in --workdir is reported again, not made again")
     args, passthrough = parser.parse_known_args(argv)
     date = now()
-    sizes = {images: run_size(images, args.workdir / f"images_{images}", passthrough) for images in args.images}
+    sizes = {images: run_size(images, args.workdir / f"images_{images}", passthrough, images in args.reuse)
+             for images in args.images}
+    reused = [images for images in args.images if images in args.reuse]
     lines = [f"Run on {date} with:\n\n```bash\n{command_line(argv)}\n```\n",
              "Each size is one run of `batch.py` (its section above gives the method and, for "
              f"{args.section_images} images, the full report of the run in this table). `wall ms / image`: the whole run divided by the number of images, so the "
              "fixed start-up (Prefect server, cluster, imports: about 15 s) weighs more on small batches; `stages "
              "ms / image`: the sum of the stages' seconds in `run.json` divided by the number of images.\n",
+             *([f"Sizes {', '.join(map(str, reused))}: the runs of an earlier invocation, reported again "
+                f"(dates in each `batch.md` under `--workdir`).\n"] if reused else []),
              *per_image_rows(sizes), "", *spread_lines(sizes), "", *footer_lines()]
     report = "\n".join(lines)
     print("\n" + report)
