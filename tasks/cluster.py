@@ -6,6 +6,7 @@ graph (``dask.array`` ...) and call :func:`compute_on_cluster` to run it.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import dask
@@ -46,9 +47,6 @@ def current_worker_address() -> str | None:
 
 def cluster_threads() -> int:
     """How many tasks the caller's cluster runs at once: its workers' threads, or this machine's cores outside one."""
-    import os
-
-    client = None
     if _current_worker() is not None:
         from distributed import get_client
 

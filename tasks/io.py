@@ -9,8 +9,8 @@ worker processes.
 Stage results are OME-Zarr (NGFF 0.5, zarr format 3) stores made by
 :func:`create_store` (with the input's physical pixel sizes, read from its
 metadata by :func:`resolve_input`), filled by :func:`write_blocks`, given
-lower-resolution levels by :func:`write_pyramid` (and label colours by
-:func:`set_image_label`), and sealed by :func:`mark_complete`;
+lower-resolution levels by :func:`write_pyramid`, and sealed (a label store
+with its colours) by :func:`mark_complete`;
 :func:`is_complete` tells whether a store can be reused.
 """
 
@@ -62,7 +62,6 @@ __all__ = [
     "read_table",
     "read_whole",
     "resolve_input",
-    "set_image_label",
     "store_axes",
     "store_calibration",
     "volume_chunks",
@@ -790,8 +789,8 @@ def write_pyramid(ref: ArrayRef, compute: Any = None, *, min_size: int = ome.PYR
     """
     _check_ref(ref)
     _check_stored_array(ref)
-    group = _open_group(ref.store)
-    attrs = group.attrs.asdict()
+    group = _open_group(ref.store)  # the levels' arrays are made by zarr
+    attrs = _group_attributes(ref.store)
     axes = store_axes(ref.store)
     factors = ome.pyramid_factors(ref.shape, axes.spatial, min_size)
     if not factors:
@@ -822,22 +821,8 @@ def write_pyramid(ref: ArrayRef, compute: Any = None, *, min_size: int = ome.PYR
     multiscale = attrs["ome"]["multiscales"][0]
     calibration = ome.from_ngff(attrs, ref.component, ref.ndim)
     entry = ome.multiscale(multiscale.get("name", ""), names, _AXIS_TYPES, calibration, factors, centred=centred)
-    group.attrs["ome"] = {**attrs["ome"], "multiscales": [{**multiscale, "datasets": entry["datasets"]}]}
+    _update_group_attributes(ref.store, {"ome": {**attrs["ome"], "multiscales": [{**multiscale, "datasets": entry["datasets"]}]}})
     return [ome.level_shape(ref.shape, f) for f in factors]
-
-
-def set_image_label(ref: ArrayRef, max_label: int | None, source: str | None = None) -> None:
-    """Write a label store's ``image-label`` metadata: a colour per label value up to `max_label`, and its source.
-
-    `source` is the image the labels were made from, as a path relative to
-    the label store (e.g. ``"../02_threshold.ome.zarr"``).
-    """
-    _check_ref(ref)
-    if ref.kind != "labels":
-        raise ValueError(f"store {ref.store} holds {ref.kind}, not labels: no image-label metadata")
-    group = _open_group(ref.store)
-    attrs = group.attrs.asdict()
-    group.attrs["ome"] = {**attrs["ome"], "image-label": ome.image_label(max_label, source)}
 
 
 def resumable(path: str | os.PathLike, fingerprint: str) -> ArrayRef | None:
@@ -871,8 +856,8 @@ def mark_complete(ref: ArrayRef, *, image_label: Mapping[str, Any] | None = None
     ref : ArrayRef
         The store, as returned by :func:`create_store`.
     image_label : mapping, optional
-        A label store's ``image-label`` block (:func:`tasks.ome.image_label`),
-        set in the same write (see :func:`set_image_label`).
+        A label store's ``image-label`` block (:func:`tasks.ome.image_label`):
+        its colours and source, set in the same write.
     **extra
         JSON-serialisable attributes (numpy scalars and arrays are converted),
         e.g. summary statistics.
@@ -935,9 +920,9 @@ def open_store_ref(path: str | os.PathLike) -> ArrayRef:
         `path` is not a haloflow store.
     """
     store = os.fspath(path)
-    group = _open_group(store)
-    meta = _haloflow_attrs(group, store)
-    component = _ome_component(group.attrs.asdict(), store)
+    attrs = _group_attributes(store)
+    meta = _haloflow_meta(attrs, store)
+    component = _ome_component(attrs, store)
     try:
         array = zarr.open_array(storage.zarr_store(store), path=component, mode="r")
     except (zarr.errors.NodeNotFoundError, zarr.errors.NodeTypeValidationError) as exc:
@@ -1005,15 +990,14 @@ def read_ref_whole(ref: ArrayRef) -> np.ndarray:
             f"the reference says shape {ref.shape} dtype {ref.dtype}"
         )
     whole = np.empty(ref.shape, dtype=codec.dtype)
-    grid = [-(-n // c) for n, c in zip(ref.shape, codec.chunks)]
-    for index in np.ndindex(*grid):
+    for index in np.ndindex(*(-(-n // c) for n, c in zip(ref.shape, codec.chunks))):  # the store's own chunks
         location = storage.join(ref.store, ref.component, *codec.key(index).split(codec.separator))
         try:
             data = storage.read_bytes(location)
         except FileNotFoundError:
             data = None  # never written: the fill value
-        region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, codec.chunks, ref.shape))
-        whole[region] = codec.decode(data)[tuple(slice(0, r.stop - r.start) for r in region)]
+        region = _chunk_region(index, codec.chunks, ref.shape)
+        whole[tuple(slice(a, b) for a, b in region)] = codec.decode(data)[tuple(slice(0, b - a) for a, b in region)]
     return whole
 
 
@@ -1725,9 +1709,14 @@ def write_whole(array: np.ndarray, ref: ArrayRef) -> dict[str, float]:
         )
     stats = []
     for index in np.ndindex(*block_grid(ref)):
-        region = tuple((i * c, min((i + 1) * c, n)) for i, c, n in zip(index, ref.chunks, ref.shape))
+        region = _chunk_region(index, ref.chunks, ref.shape)
         stats.append(_write_block(array[tuple(slice(a, b) for a, b in region)], ref.store, ref.component, region, index))
     return merge_block_stats(stats)
+
+
+def _chunk_region(index: Sequence[int], chunks: Sequence[int], shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """``(start, stop)`` on each axis of chunk ``index`` in a regular grid (an edge chunk stops at the array's edge)."""
+    return tuple((i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, shape))
 
 
 def _may_be_fill(stats: list[float], fill_value: Any) -> bool:
@@ -1835,11 +1824,6 @@ def _open_group(store: str) -> zarr.Group:
         raise ValueError(f"{store} is not a zarr group") from exc
 
 
-def _haloflow_attrs(group: zarr.Group, store: str) -> dict[str, Any]:
-    """The ``haloflow`` attributes of an OME group made by create_store (ValueError otherwise)."""
-    return _haloflow_meta(group.attrs.asdict(), store)
-
-
 def _group_attributes(store: str) -> dict[str, Any]:
     """The attributes of the zarr v3 group at `store`, from one read of its ``zarr.json`` (no zarr machinery).
 
@@ -1889,6 +1873,7 @@ def _zarr_json(store: str, component: str, missing: str) -> dict[str, Any]:
 
 
 def _haloflow_meta(attrs: Mapping[str, Any], store: str) -> dict[str, Any]:
+    """The ``haloflow`` attributes of an OME group made by create_store (ValueError otherwise)."""
     meta = attrs.get("haloflow")
     if not isinstance(meta, dict) or "ome" not in attrs or meta.get("kind") not in STORE_KINDS:
         raise ValueError(f"{store} is not a haloflow store (no 'ome' and 'haloflow' attributes)")

@@ -126,9 +126,13 @@ def lift_whole(
             return _run_op(image, params), {}
         if params.op in WHOLE_LIFTS:
             return WHOLE_LIFTS[params.op](image, params, value_range)
-    one_block = da.from_array(image, chunks=image.shape or (), name=False)
-    result, found = lift(one_block, params, _synchronous, axes=axes, value_range=value_range)
+    result, found = lift(_one_block(image), params, _synchronous, axes=axes, value_range=value_range)
     return np.asarray(result.compute(scheduler="synchronous")), found
+
+
+def _one_block(image: np.ndarray) -> da.Array:
+    """An array held in memory as a dask array of one block (for the liftings with no in-memory form)."""
+    return da.from_array(image, chunks=image.shape, name=False)
 
 
 def _synchronous(*collections):
@@ -323,7 +327,7 @@ def measure_whole(
     """
     labels = np.asarray(labels)
     if intensity is not None:
-        lazy = intensity_on_label_chunks(da.from_array(labels, chunks=labels.shape, name=False), intensity)
+        lazy = intensity_on_label_chunks(_one_block(labels), intensity)
         intensity = np.asarray(lazy.compute(scheduler="synchronous"))
     part = measure_ops.block_partials(labels, intensity if _wants_intensity(params, intensity) else None, (0,) * labels.ndim)
     return measure_ops.regionprops_columns(measure_ops.merge_partials([part]), params.properties, labels.ndim)
@@ -371,8 +375,7 @@ def _threshold_stage(image, params, compute, value_range=None):
 @lifts_whole("threshold")
 def _threshold_whole(image: np.ndarray, params: ThresholdParams, value_range=None):
     if params.method in threshold_ops.PASS_METHODS or params.method == "manual":
-        one_block = da.from_array(image, chunks=image.shape, name=False)
-        value = threshold_value(one_block, params, _synchronous, value_range)
+        value = threshold_value(_one_block(image), params, _synchronous, value_range)
     else:
         vmin, vmax = value_range if value_range is not None else (image.min(), image.max())
         counts = partial(_whole_histogram, image, vmin, vmax)

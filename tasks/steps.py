@@ -259,7 +259,7 @@ def run_whole_image_step(params: OpParams, upstream: Upstream, store: str, *, na
     fp = step_fingerprint(params, upstream)
     if io.is_complete(store, fp):
         return _cached_result(store, started)
-    image, fused = read_whole(upstream)
+    image, fused = read_upstream_whole(upstream)
     axes = upstream_axes(upstream)
     result, found = lift.lift_whole(image, params, axes=axes, value_range=recorded_range(upstream, image.dtype))
     if fused:
@@ -277,13 +277,13 @@ def run_whole_image_step(params: OpParams, upstream: Upstream, store: str, *, na
     return StepResult(ref, time.perf_counter() - started, info=found)
 
 
-def read_whole(upstream: Upstream) -> tuple[np.ndarray, dict[str, Any]]:
+def read_upstream_whole(upstream: Upstream) -> tuple[np.ndarray, dict[str, Any]]:
     """The image a step reads, in memory, with any fused steps beneath it applied; what their global phases found."""
     if isinstance(upstream, ArrayRef):
         return io.read_ref_whole(upstream), {}
     if not isinstance(upstream, Fused):
         return io.read_whole(upstream), {}
-    image, found = read_whole(upstream.upstream)
+    image, found = read_upstream_whole(upstream.upstream)
     known = recorded_range(upstream.upstream, image.dtype)
     result, own = lift.lift_whole(image, upstream.params, axes=upstream_axes(upstream.upstream), value_range=known)
     return result, {**found, upstream.name: own}
