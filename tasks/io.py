@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import json
 import math
 import operator
@@ -989,16 +990,50 @@ def read_ref_whole(ref: ArrayRef) -> np.ndarray:
             f"store {ref.store} holds shape {tuple(metadata['shape'])} dtype {codec.dtype}, "
             f"the reference says shape {ref.shape} dtype {ref.dtype}"
         )
-    whole = np.empty(ref.shape, dtype=codec.dtype)
-    for index in np.ndindex(*(-(-n // c) for n, c in zip(ref.shape, codec.chunks))):  # the store's own chunks
-        location = storage.join(ref.store, ref.component, *codec.key(index).split(codec.separator))
+    return _decode_region(ref.store, ref.component, codec, ref.shape, tuple(slice(0, n) for n in ref.shape))
+
+
+def _read_region_directly(store: str, component: str, shape: tuple, dtype, region: tuple[slice, ...]) -> np.ndarray | None:
+    """``region`` (slices with step 1) of a stored array, its chunks decoded directly (:mod:`tasks.zarrchunks`).
+
+    ``None`` when zarr must read it: codecs or a layout not handled there, or
+    metadata that no longer says ``shape`` and ``dtype``.
+    """
+    try:
+        metadata = _array_metadata(store, component)
+    except (FileNotFoundError, ValueError):
+        return None
+    codec = zarrchunks.chunk_codec(metadata)
+    if codec is None or tuple(metadata["shape"]) != tuple(shape) or codec.dtype != np.dtype(dtype):
+        return None
+    return _decode_region(store, component, codec, shape, region)
+
+
+def _plain_slices(key: Any, ndim: int) -> bool:
+    """Whether ``key`` is one step-1 slice per axis (what dask asks a source for)."""
+    return (isinstance(key, tuple) and len(key) == ndim
+            and all(isinstance(k, slice) and k.step in (None, 1) for k in key))
+
+
+def _decode_region(store: str, component: str, codec: zarrchunks.ChunkCodec, shape: tuple, region: tuple[slice, ...]) -> np.ndarray:
+    """The stored values in ``region`` (step-1 slices within ``shape``): every chunk it touches decoded once."""
+    out = np.empty(tuple(max(r.stop - r.start, 0) for r in region), dtype=codec.dtype)
+    if not out.size:
+        return out
+    touched = [range(r.start // c, -(-r.stop // c)) for r, c in zip(region, codec.chunks)]
+    for index in itertools.product(*touched):
+        location = storage.join(store, component, *codec.key(index).split(codec.separator))
         try:
             data = storage.read_bytes(location)
         except FileNotFoundError:
             data = None  # never written: the fill value
-        region = _chunk_region(index, codec.chunks, ref.shape)
-        whole[tuple(slice(a, b) for a, b in region)] = codec.decode(data)[tuple(slice(0, b - a) for a, b in region)]
-    return whole
+        chunk_region = _chunk_region(index, codec.chunks, shape)
+        lows = [max(r.start, a) for r, (a, _) in zip(region, chunk_region)]
+        highs = [min(r.stop, b) for r, (_, b) in zip(region, chunk_region)]
+        into = tuple(slice(lo - r.start, hi - r.start) for lo, hi, r in zip(lows, highs, region))
+        taken = tuple(slice(lo - a, hi - a) for lo, hi, (a, _) in zip(lows, highs, chunk_region))
+        out[into] = codec.decode(data)[taken]
+    return out
 
 
 def table_record_path(path: str | os.PathLike) -> str:
@@ -1458,6 +1493,11 @@ class _ZarrSource:
         return len(self.shape)
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        if _plain_slices(key, self.ndim):
+            region = tuple(slice(*k.indices(n)[:2]) for k, n in zip(key, self.shape))
+            found = _read_region_directly(self.store, self.component, self.shape, self.dtype, region)
+            if found is not None:
+                return found
         array = zarr.open_array(storage.zarr_store(self.store), path=self.component, mode="r")
         return np.asarray(array[key]).astype(self.dtype, copy=False)
 
@@ -1473,6 +1513,12 @@ class _ZarrTarget:
     component: str
 
     def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
+        value = np.asarray(value)
+        if _plain_slices(key, value.ndim) and value.size:
+            region = tuple((k.start or 0, (k.start or 0) + n) for k, n in zip(key, value.shape))
+            stats = [float(value.size), float(value.min()), float(value.max()), 0.0]
+            if _write_chunk_directly(value, self.store, self.component, region, stats):
+                return
         zarr.open_array(storage.zarr_store(self.store), path=self.component, mode="r+")[key] = value
 
 

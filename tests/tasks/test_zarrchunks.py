@@ -69,6 +69,37 @@ def test_chunks_written_directly_are_the_bytes_zarr_writes_and_read_back_the_sam
     np.testing.assert_array_equal(whole, data)
 
 
+@pytest.mark.parametrize("region", [
+    (slice(0, 2), slice(0, 16), slice(0, 16)),  # one whole chunk, all fill value (no file)
+    (slice(2, 3), slice(32, 37), slice(16, 29)),  # the corner edge chunk
+    (slice(1, 3), slice(5, 30), slice(3, 20)),  # across chunk borders on every axis
+    (slice(0, 3), slice(0, 37), slice(0, 29)),  # everything
+    (slice(1, 1), slice(0, 37), slice(0, 29)),  # empty
+])
+def test_a_large_image_read_decodes_chunks_directly_and_equals_zarr(tmp_path, monkeypatch, region):
+    shape, chunks = (3, 37, 29), (2, 16, 16)
+    data = (np.random.default_rng(2).random(shape) * 9).astype("float32")
+    data[:2, :16, :16] = 0
+    ref = io.create_store(tmp_path / "s.zarr", shape=shape, dtype="float32", chunks=chunks, kind="image",
+                          fingerprint="f", name="n")
+    zarr.open_array(ref.store, path="0", mode="r+")[...] = data
+    expected = zarr.open_array(ref.store, path="0", mode="r")[region]
+    lazy = io.read_ref(ref)[region]
+    monkeypatch.setattr(zarr, "open_array", None)  # the blocks are not read through zarr
+    got = lazy.compute(scheduler="synchronous")
+    assert got.dtype == np.float32 and got.flags.writeable
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_a_large_image_read_of_another_codec_goes_through_zarr(tmp_path):
+    ref = io.create_store(tmp_path / "s.zarr", shape=(6, 5), dtype="uint16", chunks=(3, 5), kind="image",
+                          fingerprint="f", name="n")
+    data = np.arange(30, dtype=np.uint16).reshape(6, 5)
+    zarr.create_array(str(tmp_path / "s.zarr"), name="0", shape=(6, 5), dtype="uint16", chunks=(3, 5),
+                      compressors=GzipCodec(), overwrite=True)[...] = data
+    np.testing.assert_array_equal(io.read_ref(ref)[2:5].compute(scheduler="synchronous"), data[2:5])
+
+
 def test_a_block_that_is_not_one_whole_chunk_is_left_to_zarr(tmp_path):
     ref = io.create_store(tmp_path / "s.zarr", shape=(8, 8), dtype="uint16", chunks=(4, 4), kind="image",
                           fingerprint="f", name="n")
