@@ -20,7 +20,7 @@ from tasks import io, storage
 from tasks.artifacts import artifact_key, publish_failures
 from tasks.reference import fingerprint
 from tasks.steps import ImageFailure, StepResult, fuse, step_fingerprint, stored_root
-from tasks.stages import batch_image_stage, batch_table_stage, image_stage, table_stage
+from tasks.stages import PerImage, batch_image_stage, batch_table_stage, image_stage, table_stage
 
 
 @flow(name="large-image", task_runner=make_task_runner(), log_prints=False, validate_parameters=True)
@@ -116,7 +116,10 @@ def batch_flow(
             named = {stem: {n: found[stem] for n, found in images.items() if stem in found} for stem in upstream}
             intensity = {stem: measure_intensity(step, named[stem]) for stem in upstream} if step.intensity else None
             stage = batch_table_stage.with_options(**stage_options(results_at, True))
-            result = run_stage(stage, step, upstream, storage.join(out, f"{key}.csv"), key, intensity)
+            result = run_stage(
+                stage, step, PerImage(upstream), storage.join(out, f"{key}.csv"), key,
+                None if intensity is None else PerImage(intensity),
+            )
             for stem, error in result.info.get("failed", {}).items():
                 failures[stem] = {"step": key, "error": error}
             record.add_stage(number, step, result, seconds=time.perf_counter() - started)
@@ -125,7 +128,7 @@ def batch_flow(
             first_chunks = spec.chunks if all(stored_root(up) is sources[s] for s, up in upstream.items()) else None
             fresh = not all(io.is_complete(stores[s], step_fingerprint(step, up)) for s, up in upstream.items())
             stage = batch_image_stage.with_options(**stage_options(results_at, fresh))
-            future = stage.submit(step, upstream, stores, key, first_chunks, artifact_key("batch", key))
+            future = stage.submit(step, PerImage(upstream), PerImage(stores), key, first_chunks, artifact_key("batch", key))
             results = future.result()
             if future.state.name == "Cached":
                 results = {stem: replace(r, status="cached") for stem, r in results.items()}
