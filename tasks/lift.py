@@ -326,16 +326,21 @@ def measure_whole(
     ``intensity`` is as :func:`measure` takes it, lazily; it is read whole.
     """
     labels = np.asarray(labels)
-    if intensity is not None:
+    if intensity is not None and _wants_intensity(params, intensity):
         lazy = intensity_on_label_chunks(_one_block(labels), intensity)
         intensity = np.asarray(lazy.compute(scheduler="synchronous"))
     part = measure_ops.block_partials(labels, intensity if _wants_intensity(params, intensity) else None, (0,) * labels.ndim)
     return measure_ops.regionprops_columns(measure_ops.merge_partials([part]), params.properties, labels.ndim)
 
 
+def needs_intensity(params: MeasureParams) -> bool:
+    """Whether any of the properties is measured on an intensity image."""
+    return any(p in measure_ops.INTENSITY_PROPERTIES for p in params.properties)
+
+
 def _wants_intensity(params: MeasureParams, intensity) -> bool:
     """Whether the properties need the intensity image (ValueError when they do and there is none)."""
-    wants = any(p in measure_ops.INTENSITY_PROPERTIES for p in params.properties)
+    wants = needs_intensity(params)
     if wants and intensity is None:
         raise ValueError(f"properties {params.properties} need an intensity image")
     return wants

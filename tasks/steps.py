@@ -376,6 +376,8 @@ def measure_columns(
     with a unit, ``area`` and ``centroid`` also come in physical units
     (:func:`imageops.measure.physical_columns`, e.g. ``area_micrometer^3``).
     """
+    if not lift.needs_intensity(params):
+        intensity = None  # the default intensity image (the input) is read only for a property that needs it
     axes = io.store_axes(labels.store)
     if axes.split:
         raise ValueError(

@@ -140,3 +140,28 @@ def test_a_step_held_whole_reuses_a_complete_store_and_makes_an_unfinished_one_a
     redone = steps.run_whole_image_step(GaussianParams(sigma=1.0), source, store, name="g")
     assert redone.status == "computed" and io.is_complete(store, first.ref.fingerprint)
     assert redone.info["stats"] == first.info["stats"]
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_measure_reads_the_default_intensity_image_only_for_a_property_that_needs_it(tmp_path, whole):
+    from imageops.catalog import MeasureParams
+
+    image = blobs((24, 30), seed=5)
+    labels = skimage_measure.label(image > filters.threshold_otsu(image)).astype(np.uint32)
+    assert labels.max() > 1
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    source = io.resolve_input(str(tmp_path / "in.tif"))
+    chunks = labels.shape if whole else (11, 13)
+    ref = io.create_store(tmp_path / "l.ome.zarr", shape=labels.shape, dtype=labels.dtype, chunks=chunks,
+                          kind="labels", fingerprint="l", name="l")
+    zarr.open_array(ref.store, path="0", mode="r+")[...] = labels
+    (tmp_path / "in.tif").unlink()  # reading the intensity image now fails
+    shape_only = MeasureParams(properties=["label", "area", "centroid"])  # intensity: the input, by default
+    columns = steps.measure_columns(shape_only, ref, intensity=source, compute=steps.local_compute, whole=whole)
+    expected = skimage_measure.regionprops_table(labels, properties=["label", "area", "centroid"])
+    assert list(columns) == list(expected)
+    for name in expected:
+        np.testing.assert_allclose(columns[name], expected[name])
+    with pytest.raises(Exception, match="in.tif"):
+        steps.measure_columns(MeasureParams(properties=["label", "intensity_mean"]), ref, intensity=source,
+                              compute=steps.local_compute, whole=whole)
