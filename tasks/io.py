@@ -1148,8 +1148,7 @@ def _resolve_tiff(path: str) -> InputSpec:
     """Resolve a single TIFF file."""
     if not _is_tiff_name(path):
         raise InputError(f"input {path} is not a .tif/.tiff file or a zarr store directory")
-    shape, dtype, native = _tiff_info(path, probe=True)
-    axes, calibration = _tiff_metadata(path)
+    (shape, dtype, native), (axes, calibration) = _read_tiff_header(path, probe=True, metadata=True)
     return InputSpec(
         "tiff", (path,), shape, dtype, native_chunks=native, channel_axis=axes.channel, time_axis=axes.time,
         **_calibration_fields(calibration),
@@ -1361,10 +1360,15 @@ def _tiff_metadata(path: str) -> tuple[ImageAxes, Calibration]:
     """
     try:
         with _open_tiff(path) as tif:
-            letters, is_ome = tif.series[0].levels[0].axes, tif.is_ome
-            calibration = _tiff_calibration(tif, letters)
+            return _tiff_axes_calibration(tif)
     except Exception as exc:  # tifffile raises many types on bad files
         raise InputError(f"cannot read TIFF {path}: {_one_line(exc)}") from exc
+
+
+def _tiff_axes_calibration(tif: tifffile.TiffFile) -> tuple[ImageAxes, Calibration]:
+    """:func:`_tiff_metadata` of an open TIFF (tifffile's errors are the caller's to name)."""
+    letters, is_ome = tif.series[0].levels[0].axes, tif.is_ome
+    calibration = _tiff_calibration(tif, letters)
     channel = "S" if is_ome and "C" not in letters else "C"
     types = ["channel" if a == channel else "time" if a == "T" else "space" for a in letters]
     return ImageAxes.from_types(types), calibration
@@ -1397,6 +1401,11 @@ def _tiff_info(path: str, probe: bool) -> tuple[tuple[int, ...], str, tuple[int,
     With `probe`, also open tifffile's zarr view for the native chunk shape and
     decode one chunk (codec available?); without it the chunk shape is ``()``.
     """
+    return _read_tiff_header(path, probe)[0]
+
+
+def _read_tiff_header(path: str, probe: bool, metadata: bool = False):
+    """``(_tiff_info, _tiff_metadata or None)`` from one opening of the file; InputError if unreadable."""
     try:
         with _open_tiff(path) as tif:
             if not tif.series:
@@ -1410,24 +1419,39 @@ def _tiff_info(path: str, probe: bool) -> tuple[tuple[int, ...], str, tuple[int,
                 if end > storage.stat(path)[1]:
                     raise InputError(f"TIFF {path} is truncated: image data end at byte {end}")
             native = _probe_tiff(tif, decode=series.dataoffset is None) if probe else ()
+            found = _tiff_axes_calibration(tif) if metadata else None
     except InputError:
         raise
     except Exception as exc:  # tifffile/zarr/codecs raise many types on bad files
         raise InputError(f"cannot read TIFF {path}: {_one_line(exc)}") from exc
-    return shape, dtype, native
+    return (shape, dtype, native), found
 
 
 def _probe_tiff(tif: tifffile.TiffFile, decode: bool) -> tuple[int, ...]:
     """Chunk shape of tifffile's zarr view of series 0; with `decode`, read its first chunk."""
     store = tif.aszarr(series=0, level=0)
     try:
-        array = zarr.open_array(store, mode="r")
-        native = tuple(array.chunks)
-        if decode and array.size and _nbytes(native, array.dtype.itemsize) <= DEFAULT_BLOCK_BYTES:
-            array[tuple(slice(0, c) for c in native)]
+        native = None if decode else _declared_chunks(store)
+        if native is None:
+            array = zarr.open_array(store, mode="r")
+            native = tuple(array.chunks)
+            if decode and array.size and _nbytes(native, array.dtype.itemsize) <= DEFAULT_BLOCK_BYTES:
+                array[tuple(slice(0, c) for c in native)]
     finally:
         store.close()
     return native
+
+
+def _declared_chunks(store: Any) -> tuple[int, ...] | None:
+    """The chunk shape tifffile's zarr view declares, read from its own metadata (no zarr round trip); None if hidden.
+
+    ``zarr.open_array`` on the view costs about a millisecond (zarr's event
+    loop), most of resolving a small TIFF: thousands of them in a batch.
+    """
+    try:
+        return tuple(int(c) for c in json.loads(store._store[".zarray"])["chunks"])
+    except Exception:  # another tifffile's layout: ask zarr
+        return None
 
 
 # --------------------------------------------------------------------------- lazy reading

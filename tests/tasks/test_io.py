@@ -563,3 +563,34 @@ def test_read_whole_gives_what_imread_gives_in_one_block(tmp_path, kind):
     expected = imread(source).compute()
     assert whole.dtype == expected.dtype
     np.testing.assert_array_equal(whole, expected)
+
+
+@pytest.mark.parametrize("layout", [
+    {"shape": (37, 29)},
+    {"shape": (5, 37, 29)},  # one page per slice
+    {"shape": (37, 29), "rowsperstrip": 8},
+    {"shape": (64, 48), "tile": (16, 16)},
+    {"shape": (37, 29, 3), "photometric": "rgb"},
+    {"shape": (3, 37, 29), "photometric": "minisblack", "planarconfig": "separate"},
+    {"shape": (37, 29), "compression": "zlib"},
+])
+def test_resolving_a_tiff_gives_the_chunks_zarr_sees_in_it_without_asking_zarr(tmp_path, layout):
+    layout = dict(layout)
+    shape = layout.pop("shape")
+    path = str(tmp_path / "t.tif")
+    tifffile.imwrite(path, (np.arange(math.prod(shape)) % 251).astype(np.uint8).reshape(shape), **layout)
+    with tifffile.TiffFile(path) as tif:
+        store = tif.aszarr(series=0, level=0)
+        expected = tuple(zarr.open_array(store, mode="r").chunks)
+        declared = io_module._declared_chunks(store)
+        store.close()
+    assert declared == expected  # tifffile's own metadata, read without zarr, says what zarr reads
+    spec = resolve_input(path)
+    assert spec.native_chunks == expected and spec.shape == shape
+
+
+def test_a_tiff_whose_zarr_view_hides_its_metadata_is_probed_through_zarr(tmp_path, monkeypatch):
+    path = str(tmp_path / "t.tif")
+    tifffile.imwrite(path, np.ones((20, 30), np.uint16), rowsperstrip=5)
+    monkeypatch.setattr(io_module, "_declared_chunks", lambda store: None)
+    assert resolve_input(path).native_chunks == (5, 30)
