@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -937,6 +937,26 @@ def open_store_ref(path: str | os.PathLike) -> ArrayRef:
         kind=meta["kind"],
         fingerprint=meta["fingerprint"],
     )
+
+
+def resolution_levels(ref: ArrayRef) -> list[ArrayRef]:
+    """The store's resolution levels as references, ``ref`` (level 0) first, in its ``multiscales`` order.
+
+    Just ``[ref]`` for a store with no lower-resolution levels, or whose
+    metadata does not list them.
+    """
+    _check_ref(ref)
+    try:
+        datasets = _group_attributes(ref.store)["ome"]["multiscales"][0]["datasets"]
+        paths = [d["path"] for d in datasets if d["path"] != ref.component]
+        documents = [_array_metadata(ref.store, path) for path in paths]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return [ref]
+    return [ref] + [
+        replace(ref, component=path, shape=tuple(doc["shape"]), dtype=np.dtype(doc["data_type"]).name,
+                chunks=tuple(doc["chunk_grid"]["configuration"]["chunk_shape"]))
+        for path, doc in zip(paths, documents)
+    ]
 
 
 def read_ref(ref: ArrayRef) -> da.Array:

@@ -16,13 +16,25 @@ THUMBNAIL_SIDE = 256
 
 
 def projection(ref: ArrayRef, side: int = THUMBNAIL_SIDE) -> da.Array:
-    """Lazy maximum projection over all but the last two axes, strided to at most ``side`` pixels a side."""
-    array = io.read_ref(ref)
+    """Lazy maximum projection over all but the last two axes, strided to at most ``side`` pixels a side.
+
+    It is taken from the store's smallest resolution level that still has
+    ``side`` pixels a side (or the whole image's, when smaller): a thumbnail
+    of a large image reads a sixteenth of it or less, not all of it.
+    """
+    array = io.read_ref(thumbnail_level(ref, side))
     steps = tuple(max(1, -(-n // side)) for n in array.shape[-2:])
     array = array[(Ellipsis, slice(None, None, steps[0]), slice(None, None, steps[1]))]
     if array.ndim > 2:
         array = array.max(axis=tuple(range(array.ndim - 2)))
     return array
+
+
+def thumbnail_level(ref: ArrayRef, side: int = THUMBNAIL_SIDE) -> ArrayRef:
+    """The smallest resolution level of ``ref``'s store whose last two axes keep ``side`` pixels (or all they had)."""
+    wanted = [min(n, side) for n in ref.shape[-2:]]
+    fits = [level for level in io.resolution_levels(ref) if all(n >= w for n, w in zip(level.shape[-2:], wanted))]
+    return min(fits, key=lambda level: int(np.prod(level.shape)))
 
 
 def to_rgb(plane: np.ndarray, kind: str) -> np.ndarray:

@@ -311,3 +311,24 @@ def test_physical_columns_validate_their_inputs():
     with pytest.raises(TypeError, match="unit must be a non-empty str"):
         physical_columns({"area": np.ones(1)}, (1.0, 1.0), "")
     assert physical_columns({"label": np.ones(1)}, (1.0, 1.0), UM) == {}
+
+
+def test_a_thumbnail_reads_the_smallest_level_that_keeps_its_size(tmp_path):
+    from tasks import preview
+
+    rng = np.random.default_rng(4)
+    data = (rng.random((3, 600, 520)) * 1000).astype(np.float32)
+    ref = io.create_store(tmp_path / "t.ome.zarr", shape=data.shape, dtype=data.dtype, chunks=(3, 128, 128),
+                          kind="image", fingerprint="f", name="t")
+    zarr.open_array(ref.store, path="0", mode="r+")[...] = data
+    assert preview.thumbnail_level(ref) == ref  # no levels yet: the image itself
+    io.write_pyramid(ref, min_size=8)
+    levels = io.resolution_levels(ref)
+    assert [level.shape for level in levels][:3] == [(3, 600, 520), (3, 300, 260), (3, 150, 130)]
+    chosen = preview.thumbnail_level(ref)
+    assert chosen.component == "1" and chosen.shape == (3, 300, 260)
+    plane = preview.projection(ref).compute(scheduler="synchronous")
+    level = zarr.open_array(ref.store, path="1", mode="r")[...]
+    np.testing.assert_array_equal(plane, level[:, ::2, ::2].max(axis=0))
+    assert max(plane.shape) <= preview.THUMBNAIL_SIDE
+    assert preview.thumbnail_level(ref, side=1000).component == "0"  # the image is smaller than that
