@@ -1,7 +1,9 @@
 """The ``haloflow`` command line: ``run`` a spec, run the ``demo``, ``inspect`` a run's output.
 
-Bad input is checked before anything starts and answered with a short message
-and exit code 2; Prefect is imported only once the API for the run is chosen.
+Bad input is answered with a short message and exit code 2 before any work
+starts (the run's local Prefect server, spawned first because it takes
+seconds to start, is stopped); Prefect is imported only once the API for the
+run is chosen.
 """
 
 from __future__ import annotations
@@ -146,26 +148,46 @@ def _console(args):
 
 
 def cmd_run(args) -> int:
-    from flows.cluster import ClusterError
-    from flows.record import OutputError, check_chunks, check_output
-    from flows.spec import SpecError, check_data_roots, input_with_axes, load_spec
-    from tasks.io import InputError, list_batch_images, resolve_input
+    with _server_launched() as launch:  # it starts (seconds) while the spec and its input are checked
+        from flows.cluster import ClusterError
+        from flows.record import OutputError, check_chunks, check_output
+        from flows.spec import SpecError, check_data_roots, input_with_axes, load_spec
+        from tasks.io import InputError, list_batch_images, resolve_input
 
+        try:
+            spec = load_spec(args.spec)
+            if args.output:
+                spec = spec.model_copy(update={"output": args.output})
+            check_data_roots(spec)
+            if spec.flow == "batch":
+                list_batch_images(spec.input)
+            else:
+                source = input_with_axes(spec, resolve_input(spec.to_input()))
+                check_chunks(spec.chunks, source.shape)
+            check_output(spec.output, spec.input)
+            cluster = choose_and_check_cluster(args, spec.cluster)
+        except (SpecError, InputError, OutputError, ClusterError) as error:
+            return _bad_input(error)
+        return _run(spec, args, cluster, launch)
+
+
+@contextlib.contextmanager
+def _server_launched():
+    """The run's local Prefect server, spawned now, waited for by the run; None when ``PREFECT_API_URL`` names one.
+
+    It takes seconds to start, so it starts while the command checks its
+    input (and the demo writes its volume). Not taken by a run (bad input, an
+    error), it is stopped on the way out: nothing is left running. Prefect is
+    not imported. On a fixed port, so the cluster's workers can be told it.
+    """
+    from flows.runner import LocalServer, configured_api_url, find_free_port
+
+    launch = None if configured_api_url() else LocalServer.launch(port=find_free_port(), seed_database=True)
     try:
-        spec = load_spec(args.spec)
-        if args.output:
-            spec = spec.model_copy(update={"output": args.output})
-        check_data_roots(spec)
-        if spec.flow == "batch":
-            list_batch_images(spec.input)
-        else:
-            source = input_with_axes(spec, resolve_input(spec.to_input()))
-            check_chunks(spec.chunks, source.shape)
-        check_output(spec.output, spec.input)
-        cluster = choose_and_check_cluster(args, spec.cluster)
-    except (SpecError, InputError, OutputError, ClusterError) as error:
-        return _bad_input(error)
-    return _run(spec, args, cluster)
+        yield launch
+    finally:
+        if launch is not None:
+            launch.cancel()
 
 
 def choose_and_check_cluster(args, spec_cluster=None):
@@ -190,20 +212,21 @@ def cmd_demo(args) -> int:
     from flows.record import OutputError, check_output
 
     output = Path(args.output).absolute()
-    try:
-        check_output(str(output))
-        cluster = choose_and_check_cluster(args)
-    except (OutputError, ClusterError) as error:
-        return _bad_input(error)
-    shape = tuple(args.shape or DEMO_SHAPE)
-    started = time.perf_counter()
-    source = write_demo_tiff(output / "demo_volume.tif", shape)
-    _console(args).info(f"haloflow demo: wrote a synthetic {'x'.join(map(str, shape))} uint16 volume to {source} "
-                        f"({time.perf_counter() - started:.1f} s)")
-    spec = load_spec(demo_spec(str(source), str(output)))
-    if shape != DEMO_SHAPE:
-        spec = spec.model_copy(update={"chunks": [max(1, s // 2) for s in shape]})
-    return _run(spec, args, cluster)
+    with _server_launched() as launch:
+        try:
+            check_output(str(output))
+            cluster = choose_and_check_cluster(args)
+        except (OutputError, ClusterError) as error:
+            return _bad_input(error)
+        shape = tuple(args.shape or DEMO_SHAPE)
+        started = time.perf_counter()
+        source = write_demo_tiff(output / "demo_volume.tif", shape)
+        _console(args).info(f"haloflow demo: wrote a synthetic {'x'.join(map(str, shape))} uint16 volume to {source} "
+                            f"({time.perf_counter() - started:.1f} s)")
+        spec = load_spec(demo_spec(str(source), str(output)))
+        if shape != DEMO_SHAPE:
+            spec = spec.model_copy(update={"chunks": [max(1, s // 2) for s in shape]})
+        return _run(spec, args, cluster, launch)
 
 
 def cmd_ops(args) -> int:
@@ -257,7 +280,7 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _run(spec, args, cluster) -> int:
+def _run(spec, args, cluster, launch=None) -> int:
     from flows.console import tame_logs
     from flows.progress import RunWatcher
     from tasks import storage
@@ -275,7 +298,7 @@ def _run(spec, args, cluster) -> int:
     # The flow runs here; its stage tasks on Dask workers. The watcher follows the run
     # from its output folder (block markers, run.json) and draws progress and stage lines.
     watcher = RunWatcher(spec, console.progress, console.stage)
-    with tame_logs(console) as logs, _api_and_cluster(cluster, args) as where, _closing(console), watcher:
+    with tame_logs(console) as logs, _api_and_cluster(cluster, args, launch) as where, _closing(console), watcher:
         from flows.pipeline import batch_flow, large_image_flow
         from flows.runner import make_task_runner
 
@@ -296,19 +319,20 @@ def _run(spec, args, cluster) -> int:
 
 
 @contextlib.contextmanager
-def _api_and_cluster(cluster, args):
+def _api_and_cluster(cluster, args, launch=None):
     """The run's Prefect API for the block; yield where its work goes (a scheduler address or a cluster class).
 
-    A local cluster is started while the Prefect server starts, not after it.
+    A local cluster is started while the Prefect server starts, not after it;
+    ``launch``: that server, already spawned (:func:`_launch_server`).
     """
     from flows.runner import api_and_local_cluster, ensure_api
 
     if cluster.is_local:
-        with api_and_local_cluster(seed_database=True, n_workers=args.workers,
+        with api_and_local_cluster(seed_database=True, launch=launch, n_workers=args.workers,
                                    memory_limit=args.worker_memory) as address:
             yield address
     else:
-        with ensure_api(seed_database=True):
+        with ensure_api(seed_database=True, launch=launch):
             yield cluster.address or cluster.cluster_class
 
 

@@ -81,6 +81,7 @@ __all__ = [
     "local_cluster_kwargs",
     "make_task_runner",
     "server_environment",
+    "ServerLaunch",
     "start_local_server",
     "started_here",
 ]
@@ -302,40 +303,21 @@ class LocalServer:
             The server exited or did not become healthy in time; the message
             ends with the tail of the server log.
         """
-        owns_home = home is None
-        home = Path(tempfile.mkdtemp(prefix="haloflow-prefect-")) if home is None else Path(home)
-        home.mkdir(parents=True, exist_ok=True)
-        fresh = not (home / "prefect.db").exists()
-        seed = database_seed_dir() if seed_database and fresh and _uses_default_database() else None
-        seeded = seed is not None and _copy_seed(seed, home)
-        attempts = (3 if port is None else 1) + (1 if seeded else 0)
-        last_error: RuntimeError | None = None
-        for _ in range(attempts):
-            try:
-                server = cls._start_once(home, port or find_free_port(), timeout, ui, owns_home)
-            except RuntimeError as exc:
-                last_error = exc
-                if seeded:  # a bad seed must not stop us: drop it, start fresh
-                    shutil.rmtree(seed, ignore_errors=True)
-                    for name in _SEED_FILES:
-                        (home / name).unlink(missing_ok=True)
-                    seeded = False
-                    continue
-                if "already in use" not in str(exc):
-                    break
-            else:
-                if seed is not None and not seeded:  # fresh, just-migrated database
-                    with contextlib.suppress(Exception):
-                        _save_seed(home, seed)
-                return server
-        if owns_home:
-            shutil.rmtree(home, ignore_errors=True)
-        assert last_error is not None
-        raise last_error
+        return cls.launch(home=home, port=port, ui=ui, seed_database=seed_database).wait(timeout)
 
     @classmethod
-    def _start_once(cls, home: Path, port: int, timeout: float, ui: bool,
-                    owns_home: bool) -> LocalServer:
+    def launch(cls, home: Path | str | None = None, port: int | None = None,
+               ui: bool = True, seed_database: bool = False) -> ServerLaunch:
+        """Spawn a server and return at once; :meth:`ServerLaunch.wait` gives it once healthy.
+
+        Parameters as :meth:`start`.  Something else can be done while the
+        server starts (it takes seconds); :meth:`ServerLaunch.cancel` stops it
+        if it is not wanted after all.
+        """
+        return ServerLaunch(cls, home, port, ui, seed_database)
+
+    @classmethod
+    def _spawn(cls, home: Path, port: int, ui: bool, owns_home: bool) -> LocalServer:
         log_path = home / f"server-{port}.log"
         env = server_environment(home, port)
         env["PREFECT_SERVER_UI_ENABLED"] = "true" if ui else "false"
@@ -353,17 +335,20 @@ class LocalServer:
         server = cls(process, port, home, log_path, owns_home=owns_home)
         server._log_file = log_file
         _RUNNING.add(server)
+        return server
+
+    def _await_health(self, timeout: float) -> None:
+        """Wait for ``/api/health``; if it does not come, stop the process and raise with the log's tail."""
         try:
-            server._wait_healthy(timeout)
+            self._wait_healthy(timeout)
         except RuntimeError as exc:
-            server.stop(drain=False, _remove_home=False)
+            self.stop(drain=False, _remove_home=False)
             raise RuntimeError(
-                f"{exc}\n--- tail of server log {log_path} ---\n{server.log_tail()}"
+                f"{exc}\n--- tail of server log {self.log_path} ---\n{self.log_tail()}"
             ) from None
         except BaseException:  # KeyboardInterrupt while waiting
-            server.stop(drain=False, _remove_home=False)
+            self.stop(drain=False, _remove_home=False)
             raise
-        return server
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -463,6 +448,69 @@ class LocalServer:
 PrefectServer = LocalServer
 
 
+class ServerLaunch:
+    """A local Prefect server spawned and not yet waited for (:meth:`LocalServer.launch`)."""
+
+    def __init__(self, server_class: type[LocalServer], home: Path | str | None, port: int | None,
+                 ui: bool, seed_database: bool) -> None:
+        self._class, self._ui = server_class, ui
+        self._owns_home = home is None
+        self.home = Path(tempfile.mkdtemp(prefix="haloflow-prefect-")) if home is None else Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        fresh = not (self.home / "prefect.db").exists()
+        self._seed = database_seed_dir() if seed_database and fresh and _uses_default_database() else None
+        self._seeded = self._seed is not None and _copy_seed(self._seed, self.home)
+        self._fixed_port = port
+        self._attempts = (3 if port is None else 1) + (1 if self._seeded else 0)
+        self.server: LocalServer | None = self._spawn_next()
+
+    @property
+    def port(self) -> int:
+        """The port the server was told to listen on (a new one only if it was not fixed and was taken)."""
+        assert self.server is not None
+        return self.server.port
+
+    def _spawn_next(self) -> LocalServer:
+        self._attempts -= 1
+        return self._class._spawn(self.home, self._fixed_port or find_free_port(), self._ui, self._owns_home)
+
+    def wait(self, timeout: float = 60) -> LocalServer:
+        """The server, once ``/api/health`` answers 200; retried as :meth:`LocalServer.start` says.
+
+        Raises RuntimeError (the last attempt's, with its log's tail) if no attempt answers.
+        """
+        if self.server is None:
+            raise RuntimeError("this server launch was cancelled")
+        while True:
+            try:
+                self.server._await_health(timeout)
+            except RuntimeError as exc:
+                retry = self._attempts > 0 and (self._seeded or "already in use" in str(exc))
+                if self._seeded:  # a bad seed must not stop us: drop it, start fresh
+                    shutil.rmtree(self._seed, ignore_errors=True)
+                    for name in _SEED_FILES:
+                        (self.home / name).unlink(missing_ok=True)
+                    self._seeded = False
+                if not retry:
+                    self.server = None
+                    if self._owns_home:
+                        shutil.rmtree(self.home, ignore_errors=True)
+                    raise
+                self.server = self._spawn_next()
+                continue
+            if self._seed is not None and not self._seeded:  # fresh, just-migrated database
+                with contextlib.suppress(Exception):
+                    _save_seed(self.home, self._seed)
+            server, self.server = self.server, None
+            return server
+
+    def cancel(self) -> None:
+        """Stop the server if it is still starting or was never waited for (idempotent)."""
+        if self.server is not None:
+            self.server.stop(drain=False)
+            self.server = None
+
+
 def start_local_server(home: Path | str | None = None, port: int | None = None,
                        timeout: float = 60, ui: bool = True,
                        seed_database: bool = False) -> LocalServer:
@@ -528,7 +576,8 @@ def local_api_url(port: int) -> str:
 
 @contextlib.contextmanager
 def ensure_api(home: Path | str | None = None, timeout: float = 60,
-               ui: bool = True, seed_database: bool = False, port: int | None = None) -> Iterator[str]:
+               ui: bool = True, seed_database: bool = False, port: int | None = None,
+               launch: ServerLaunch | None = None) -> Iterator[str]:
     """Make sure a Prefect API is available for this block; yield its URL.
 
     If ``PREFECT_API_URL`` is set in ``os.environ``, yield it and change nothing.
@@ -539,7 +588,9 @@ def ensure_api(home: Path | str | None = None, timeout: float = 60,
     restore the environment.  ``home``, ``timeout``, ``ui``,
     ``seed_database`` and ``port`` go to :func:`start_local_server`: a port
     chosen beforehand (:func:`local_api_url`) lets processes started while the
-    server starts be given its URL.
+    server starts be given its URL.  ``launch``: a server already spawned
+    (:meth:`LocalServer.launch`) to wait for instead of starting one; the
+    block owns it from then on.
 
     Enter it BEFORE importing prefect.  If prefect is already imported in
     this process, its in-process settings (context and process-global) are
@@ -548,10 +599,15 @@ def ensure_api(home: Path | str | None = None, timeout: float = 60,
     """
     existing = configured_api_url()
     if existing:
+        if launch is not None:
+            launch.cancel()
         yield existing
         return
 
-    server = start_local_server(home=home, port=port, timeout=timeout, ui=ui, seed_database=seed_database)
+    if launch is not None:
+        server = launch.wait(timeout)
+    else:
+        server = start_local_server(home=home, port=port, timeout=timeout, ui=ui, seed_database=seed_database)
     new_values = {
         "PREFECT_API_URL": server.api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -590,7 +646,8 @@ def ensure_api(home: Path | str | None = None, timeout: float = 60,
 
 
 @contextlib.contextmanager
-def api_and_local_cluster(seed_database: bool = False, **cluster_options: Any) -> Iterator[str]:
+def api_and_local_cluster(seed_database: bool = False, launch: ServerLaunch | None = None,
+                          **cluster_options: Any) -> Iterator[str]:
     """:func:`ensure_api` with a local Dask cluster started meanwhile; yield the cluster's address.
 
     The cluster (:class:`BackgroundCluster`, of :func:`local_cluster_kwargs`
@@ -598,13 +655,17 @@ def api_and_local_cluster(seed_database: bool = False, **cluster_options: Any) -
     starts: the two mostly wait on imports in their own processes, so a run
     is ready about a cluster start-up (3-4 s) sooner.  Its workers are given
     the API URL the server will answer on.  The cluster is closed before the
-    server stops, so the workers' last logs still reach it.
+    server stops, so the workers' last logs still reach it.  ``launch``: the
+    server, spawned earlier on a fixed port (:meth:`LocalServer.launch`).
     """
-    port = None if configured_api_url() else find_free_port()
+    if configured_api_url():
+        port = None
+    else:
+        port = launch.port if launch is not None else find_free_port()
     env = {} if port is None else {"PREFECT_API_URL": local_api_url(port), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     cluster = BackgroundCluster.start(env=env, **cluster_options)
     try:
-        with ensure_api(seed_database=seed_database, port=port):
+        with ensure_api(seed_database=seed_database, port=port, launch=launch):
             try:
                 yield cluster.address()
             finally:

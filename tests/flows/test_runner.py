@@ -109,6 +109,52 @@ def test_ensure_api_starts_and_stops_a_server(monkeypatch):
         _get(f"{url}/health", timeout=2)
 
 
+def test_a_launched_server_is_waited_for_later_or_cancelled(monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL")
+    port = runner.find_free_port()
+    cancelled = runner.LocalServer.launch(port=port, ui=False, seed_database=True)
+    spawned = cancelled.server
+    assert spawned.process.poll() is None  # running, not waited for
+    cancelled.cancel()
+    cancelled.cancel()  # idempotent
+    assert spawned.process.poll() is not None and spawned not in runner._RUNNING and not cancelled.home.exists()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        cancelled.wait()
+
+    launch = runner.LocalServer.launch(port=port, ui=False, seed_database=True)
+    assert launch.port == port
+    with ensure_api(launch=launch) as url:  # the block waits for it and owns it
+        assert url == runner.local_api_url(port) == os.environ["PREFECT_API_URL"]
+        assert _get(f"{url}/health") == 200
+        server = [s for s in runner._RUNNING if s.port == port][0]
+    assert server.process.poll() is not None and not server.home.exists()
+    launch.cancel()  # nothing left to cancel
+
+
+def test_run_with_bad_input_stops_the_server_it_launched(monkeypatch, tmp_path, capsys):
+    from flows.cli import main as cli_main
+
+    monkeypatch.delenv("PREFECT_API_URL")
+    launched = []
+    launch = runner.LocalServer.launch
+
+    def recording(**kwargs):
+        launched.append(launch(**kwargs))
+        launched.append(launched[-1].server)  # its process, while it is spawned
+        return launched[-2]
+
+    monkeypatch.setattr(runner.LocalServer, "launch", recording)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"flow: large_image\ninput: {tmp_path / 'missing.tif'}\nsteps: [{{op: gaussian, sigma: 1}}]\n"
+                    f"output: {tmp_path / 'out'}\n")
+    assert cli_main(["run", str(spec)]) == 2
+    assert "missing.tif" in capsys.readouterr().err
+    spawned, server = launched
+    assert spawned.server is None and server.process.poll() is not None and server not in runner._RUNNING
+    assert not spawned.home.exists()
+    assert "PREFECT_API_URL" not in os.environ
+
+
 # -- the command line's cluster, started while the server starts ------------------
 
 def _worker_setting(name: str):
@@ -146,7 +192,9 @@ def test_api_and_local_cluster_leaves_no_worker_behind_when_the_server_fails(mon
         with api_and_local_cluster(n_workers=1):
             pass  # pragma: no cover - not reached
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
-            and p.status() != psutil.STATUS_ZOMBIE]
+            and p.status() != psutil.STATUS_ZOMBIE
+            # multiprocessing's resource tracker: started by the first spawn, it lives as long as this process
+            and "multiprocessing.resource_tracker" not in " ".join(p.cmdline())]
     assert left == [], [p.cmdline() for p in left]
     assert not runner._STARTED_HERE
 
