@@ -36,6 +36,7 @@ import dask.array as da
 import numpy as np
 import tifffile
 import zarr
+from dask.array.chunk import coarsen
 from dask.base import tokenize
 from zarr.codecs import BloscCodec, ZstdCodec
 
@@ -631,7 +632,7 @@ def _zarr_json_text(document: Mapping[str, Any]) -> str:
     return json.dumps(document, indent=2)
 
 
-def write_blocks(array: da.Array, ref: ArrayRef, *, skip: Any = ()) -> dict[tuple[int, ...], da.Array]:
+def write_blocks(array: da.Array, ref: ArrayRef, *, skip: Any = (), levels: BlockLevels | None = None) -> dict[tuple[int, ...], da.Array]:
     """Lazily write `array` into the store of `ref`, block by block, skipping done blocks.
 
     `array` is rechunked to ``ref.chunks`` so that every block covers whole
@@ -646,6 +647,8 @@ def write_blocks(array: da.Array, ref: ArrayRef, *, skip: Any = ()) -> dict[tupl
         Target, as returned by :func:`create_store`.
     skip : collection of tuple of int
         Block indices already written (from :func:`done_blocks`): not computed again.
+    levels : BlockLevels, optional
+        Lower-resolution levels each block also writes its part of (:func:`block_levels`).
 
     Returns
     -------
@@ -690,6 +693,7 @@ def write_blocks(array: da.Array, ref: ArrayRef, *, skip: Any = ()) -> dict[tupl
             ref.component,
             region,
             index,
+            levels,
             dtype=np.float64,
             chunks=((4,),) + ((1,),) * (aligned.ndim - 1),
             meta=np.empty((0,) * aligned.ndim, np.float64),
@@ -819,11 +823,81 @@ def write_pyramid(ref: ArrayRef, compute: Any = None, *, min_size: int = ome.PYR
         targets.append(_ZarrTarget(ref.store, str(number)))
         previous = level_factors
     (compute or dask.compute)(da.store(levels, targets, lock=False, compute=False))
+    return register_levels(ref, factors)
+
+
+def register_levels(ref: ArrayRef, factors: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """List written lower-resolution levels in the store's ``multiscales`` (with their transformations); their shapes."""
+    attrs = _group_attributes(ref.store)
     multiscale = attrs["ome"]["multiscales"][0]
+    names = tuple(a["name"] for a in multiscale["axes"])
     calibration = ome.from_ngff(attrs, ref.component, ref.ndim)
-    entry = ome.multiscale(multiscale.get("name", ""), names, _AXIS_TYPES, calibration, factors, centred=centred)
+    factors = [tuple(f) for f in factors]
+    entry = ome.multiscale(multiscale.get("name", ""), names, _AXIS_TYPES, calibration, factors, centred=ref.kind == "image")
     _update_group_attributes(ref.store, {"ome": {**attrs["ome"], "multiscales": [{**multiscale, "datasets": entry["datasets"]}]}})
     return [ome.level_shape(ref.shape, f) for f in factors]
+
+
+@dataclass(frozen=True)
+class BlockLevels:
+    """Lower-resolution levels that every block writes its own part of, as it is written (:func:`block_levels`)."""
+
+    factors: tuple[tuple[int, ...], ...]
+    centred: bool  # window means (images); otherwise every n-th pixel (masks, labels)
+
+
+def block_levels(ref: ArrayRef, *, min_size: int = ome.PYRAMID_MIN_SIZE) -> BlockLevels | None:
+    """The levels :func:`write_pyramid` would add, if every block of ``ref`` holds whole windows of each.
+
+    Then each block's part of a level is one chunk of it (level chunks are
+    the block's shape divided by the level's factors), computed from the block
+    in memory: no second read of the store, no task per level chunk. None for
+    an image too small for levels, or blocks the factors do not divide (the
+    caller then uses :func:`write_pyramid` once the blocks are written).
+    """
+    _check_ref(ref)
+    factors = ome.pyramid_factors(ref.shape, store_axes(ref.store).spatial, min_size)
+    if not factors or any(c % f for level in factors for c, f in zip(ref.chunks, level)):
+        return None
+    return BlockLevels(tuple(tuple(level) for level in factors), ref.kind == "image")
+
+
+def create_block_levels(ref: ArrayRef, levels: BlockLevels) -> None:
+    """Make the empty arrays ``"1"``, ``"2"``, ... of ``levels`` (chunks: a block's part of each)."""
+    group = _open_group(ref.store)  # the levels' arrays are made by zarr
+    names = tuple(a["name"] for a in _group_attributes(ref.store)["ome"]["multiscales"][0]["axes"])
+    dtype = np.dtype(ref.dtype)
+    for number, factors in enumerate(levels.factors, start=1):
+        shape = ome.level_shape(ref.shape, factors)
+        chunks = tuple(max(1, min(c // f, n)) for c, f, n in zip(ref.chunks, factors, shape))
+        group.create_array(str(number), shape=shape, dtype=dtype, chunks=chunks, compressors=_store_codec(dtype),
+                           dimension_names=names, overwrite=True)
+
+
+def _write_block_levels(block: np.ndarray, store: str, region: tuple, levels: BlockLevels) -> None:
+    """Write ``block``'s part of every level, each one whole chunk, computed as :func:`write_pyramid` computes it.
+
+    The block starts at a multiple of every factor; at the image's end a
+    partial window is dropped, as the level's shape drops it.
+    """
+    current = block.astype(np.float64) if levels.centred and block.dtype.kind != "f" else block
+    previous = (1,) * block.ndim
+    for number, factors in enumerate(levels.factors, start=1):
+        if levels.centred:
+            step = {axis: f // p for axis, (f, p) in enumerate(zip(factors, previous))}
+            current = coarsen(_window_mean, current, step, trim_excess=True)
+            piece = _cast_mean(current, block.dtype)
+        else:
+            kept = tuple(slice(0, (b - a) // f * f, f) for (a, b), f in zip(region, factors))
+            piece = block[kept]
+        starts = [a // f for (a, _), f in zip(region, factors)]
+        level_region = tuple((s, s + n) for s, n in zip(starts, piece.shape))
+        if piece.size:
+            stats = [float(piece.size), float(piece.min()), float(piece.max()), 0.0]
+            if not _write_chunk_directly(piece, store, str(number), level_region, stats):
+                zarr.open_array(storage.zarr_store(store), path=str(number), mode="r+")[
+                    tuple(slice(a, b) for a, b in level_region)] = piece
+        previous = factors
 
 
 def resumable(path: str | os.PathLike, fingerprint: str) -> ArrayRef | None:
@@ -1606,11 +1680,11 @@ def _at(array: np.ndarray, axes: list[int], position: tuple[int, ...]) -> np.nda
     return array[tuple(index)]
 
 
-def _cast_mean(mean: da.Array, dtype: np.dtype) -> da.Array:
-    """Window means (float64) in the image's dtype: rounded and clipped to range for integers."""
-    if dtype.kind in "iu":
+def _cast_mean(mean, dtype: np.dtype):
+    """Window means (float64) in the image's dtype: rounded and clipped to range for integers (NumPy or Dask arrays)."""
+    if np.dtype(dtype).kind in "iu":
         info = np.iinfo(dtype)
-        return da.clip(da.rint(mean), info.min, info.max).astype(dtype)
+        return np.clip(np.rint(mean), info.min, info.max).astype(dtype)
     return mean.astype(dtype)
 
 
@@ -1737,20 +1811,20 @@ def _nest(items: list[Any], grid: tuple[int, ...]) -> list[Any]:
 
 
 def _write_block(
-    block: np.ndarray, store: str, component: str, region: tuple, index: tuple
+    block: np.ndarray, store: str, component: str, region: tuple, index: tuple, levels: BlockLevels | None = None
 ) -> np.ndarray:
-    """Write one block into its region, then mark it done; return its statistics."""
+    """Write one block into its region, and its part of every lower-resolution level, then mark it done; its statistics."""
     stats = [block.size, block.min(), block.max(), block.sum(dtype=np.float64)] if block.size else [0, 0, 0, 0]
     stats = [float(v) for v in stats]
-    if _write_chunk_directly(block, store, component, region, stats):
-        _mark_block_done(store, index, stats)
-        return np.asarray(stats, dtype=np.float64).reshape((4,) + (1,) * (block.ndim - 1))
-    array = zarr.open_array(storage.zarr_store(store), path=component, mode="r+")
-    if not _may_be_fill(stats, array.fill_value):
-        # zarr compares every chunk with the fill value before writing it (to skip empty
-        # chunks): a full pass, three for floats; the statistics already rule it out.
-        array = array.with_config({"write_empty_chunks": True})
-    array[tuple(slice(a, b) for a, b in region)] = block
+    if not _write_chunk_directly(block, store, component, region, stats):
+        array = zarr.open_array(storage.zarr_store(store), path=component, mode="r+")
+        if not _may_be_fill(stats, array.fill_value):
+            # zarr compares every chunk with the fill value before writing it (to skip empty
+            # chunks): a full pass, three for floats; the statistics already rule it out.
+            array = array.with_config({"write_empty_chunks": True})
+        array[tuple(slice(a, b) for a, b in region)] = block
+    if levels is not None:
+        _write_block_levels(block, store, region, levels)
     _mark_block_done(store, index, stats)
     return np.asarray(stats, dtype=np.float64).reshape((4,) + (1,) * (block.ndim - 1))
 

@@ -201,8 +201,11 @@ def run_image_step(
     computing only its missing blocks (``resumed``); otherwise a new store is
     created empty, filled block by block, and marked complete by its last write.
     The store carries its input's physical pixel sizes; a large one gets its
-    lower-resolution levels (:func:`tasks.io.write_pyramid`) and a label store
-    its ``image-label`` colours before it is marked complete.
+    lower-resolution levels and a label store its ``image-label`` colours
+    before it is marked complete. A new store's blocks write their own part
+    of every level as they are written (:func:`tasks.io.block_levels`); a
+    resumed one's levels, or those of blocks the level factors do not divide,
+    are made from the store afterwards (:func:`tasks.io.write_pyramid`).
 
     ``compute_blocks(collections, on_done)`` computes the block writes (default:
     on the caller's cluster, reporting progress to ``on_progress(done, total)``).
@@ -224,23 +227,30 @@ def run_image_step(
     out_axes = lift.output_axes(params, axes)  # a ``channel`` step drops the channel axis
     ref = io.resumable(store, fp)
     status = "computed" if ref is None else "resumed"
+    levels = None  # lower-resolution levels written block by block with the blocks: a new store's
     if ref is None:
         ref = io.create_store(
             store, shape=result.shape, dtype=result.dtype, chunks=_regular_chunks(result),
             kind=info.gives, fingerprint=fp, name=name, axes=out_axes.names,
             calibration=_kept_calibration(upstream_calibration(upstream), axes, out_axes),
         )
+        levels = io.block_levels(ref) if pyramid else None
+        if levels is not None:
+            io.create_block_levels(ref, levels)
     done = io.done_blocks(ref)
-    writes = io.write_blocks(result, ref, skip=done)
+    writes = io.write_blocks(result, ref, skip=done, levels=levels)
     (compute_blocks or compute_each)(list(writes.values()), on_progress)
     stats = io.merge_block_stats(io.done_block_stats(ref).values())
     if stats["count"] != int(np.prod(ref.shape)):
         raise RuntimeError(f"{store}: {stats['count']} of {int(np.prod(ref.shape))} voxels were written")
     blocks = {"total": int(np.prod(io.block_grid(ref))), "written": len(writes), "reused": len(done)}
     found = {**found, "stats": {k: v for k, v in stats.items() if k != "count"}, "blocks": blocks}
-    levels = io.write_pyramid(ref, compute) if pyramid else []
-    if levels:
-        found["levels"] = [list(ref.shape), *map(list, levels)]
+    if levels is not None:
+        shapes = io.register_levels(ref, levels.factors)
+    else:  # a resumed store (its done blocks may have no part of the levels), or blocks the factors do not divide
+        shapes = io.write_pyramid(ref, compute) if pyramid else []
+    if shapes:
+        found["levels"] = [list(ref.shape), *map(list, shapes)]
     _seal(ref, upstream, stats, found)
     return StepResult(ref, time.perf_counter() - started, status=status, info=found)
 

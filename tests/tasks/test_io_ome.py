@@ -332,3 +332,49 @@ def test_a_thumbnail_reads_the_smallest_level_that_keeps_its_size(tmp_path):
     np.testing.assert_array_equal(plane, level[:, ::2, ::2].max(axis=0))
     assert max(plane.shape) <= preview.THUMBNAIL_SIDE
     assert preview.thumbnail_level(ref, side=1000).component == "0"  # the image is smaller than that
+
+
+@pytest.mark.parametrize("op, params", [
+    ("gaussian", {"sigma": 1.5}),  # float32 image: window means
+    ("median", {"size": 3}),  # uint16 image: means rounded back
+    ("threshold", {"method": "otsu"}),  # mask: every n-th pixel
+])
+@pytest.mark.parametrize("chunks", [[2, 300, 40], [1, 200, 40]])
+def test_levels_written_with_each_block_equal_levels_made_from_the_store(tmp_path, op, params, chunks):
+    rng = np.random.default_rng(6)
+    pixels = (rng.random((3, 1100, 40)) * 4000).astype(np.uint16)  # y halves twice; the last blocks are short
+    tifffile.imwrite(tmp_path / "in.tif", pixels)
+    image = io.resolve_input(str(tmp_path / "in.tif"))
+    run = dict(compute=steps.local_compute, compute_blocks=steps.sync_compute_blocks)
+    result = steps.run_image_step(op_params(op, **params), image, str(tmp_path / "s.ome.zarr"), name="s",
+                                  chunks=chunks, **run)
+    assert result.info["levels"] == [[3, 1100, 40], [3, 550, 40], [3, 275, 40]]
+    z, y, _ = result.ref.chunks  # the gaussian's halo is deeper than 1 or 2 slices: it merges them
+    assert y == chunks[1] and zarr.open_array(result.ref.store, path="1", mode="r").chunks == (z, y // 2, 40)
+    made = [zarr.open_array(result.ref.store, path=p, mode="r")[...] for p in ("1", "2")]
+    validate_ome_zarr(result.ref.store)
+    assert io.is_complete(result.ref.store, result.ref.fingerprint)
+    if op == "threshold":  # and the labels of that mask, level by level
+        labels = steps.run_image_step(op_params("label"), result.ref, str(tmp_path / "l.ome.zarr"), name="l", **run)
+        labels_made = [zarr.open_array(labels.ref.store, path=p, mode="r")[...] for p in ("1", "2")]
+        io.write_pyramid(labels.ref)
+        for path, level in zip(("1", "2"), labels_made):
+            np.testing.assert_array_equal(zarr.open_array(labels.ref.store, path=path, mode="r")[...], level)
+    io.write_pyramid(result.ref)  # again, from the store, the way a resumed stage makes them
+    for path, level in zip(("1", "2"), made):
+        np.testing.assert_array_equal(zarr.open_array(result.ref.store, path=path, mode="r")[...], level)
+
+
+def test_blocks_the_level_factors_do_not_divide_get_their_levels_from_the_store(tmp_path):
+    pixels = (np.arange(3 * 530 * 40) % 977).astype(np.uint16).reshape(3, 530, 40)
+    tifffile.imwrite(tmp_path / "in.tif", pixels)
+    image = io.resolve_input(str(tmp_path / "in.tif"))
+    store = str(tmp_path / "s.ome.zarr")
+    result = steps.run_image_step(op_params("gaussian", sigma=1.0), image, store, name="s", chunks=[3, 201, 40],
+                                  compute=steps.local_compute, compute_blocks=steps.sync_compute_blocks)
+    assert io.block_levels(result.ref) is None
+    assert result.info["levels"] == [[3, 530, 40], [3, 265, 40]]
+    assert zarr.open_array(store, path="1", mode="r").chunks == (3, 201, 40)
+    whole = zarr.open_array(store, path="0", mode="r")[...]
+    np.testing.assert_array_equal(zarr.open_array(store, path="1", mode="r")[...],
+                                  whole[:, :530, :].reshape(3, 265, 2, 40).mean(axis=2, dtype=np.float32))
