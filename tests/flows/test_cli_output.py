@@ -151,3 +151,31 @@ def test_verbose_run_shows_prefect_logs(tmp_path, volume_path, dask_cluster):
     assert done.returncode == 0, done.stderr
     assert "Beginning flow run" in done.stderr and "Finished in state Completed" in done.stderr
     assert [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")] == STAGES
+
+
+def test_a_batch_poll_looks_at_a_bounded_number_of_unfinished_images(tmp_path, monkeypatch):
+    from flows import progress as progress_module
+    from flows.spec import load_spec
+    from tasks import storage
+
+    spec = load_spec({"flow": "batch", "input": str(tmp_path / "*.tif"), "output": str(tmp_path / "out"),
+                      "steps": [{"op": "gaussian", "sigma": 1.0}]})
+    images = [f"img{i:03d}" for i in range(200)]
+    finished = set(images[:100]) | {images[150]}  # in input order, and one far ahead
+    looked_at = []
+
+    def is_complete(store, expected):
+        looked_at.append(store)
+        return storage.basename(storage.parent(store)) in finished
+
+    monkeypatch.setattr(progress_module.io, "is_complete", is_complete)
+    monkeypatch.setattr(progress_module, "step_fingerprint", lambda step, upstream: "fp")
+    watcher = progress_module.RunWatcher(spec, lambda p: None, lambda entry: None)
+    monkeypatch.setattr(watcher, "_upstream", lambda stages, image: image)
+    record = {"images": images, "stages": []}
+    counts = []
+    for _ in range(4):
+        looked_at.clear()
+        counts.append(watcher._batch_progress(record, 0, "01_gaussian").done)
+        assert len(looked_at) <= progress_module.BATCH_LOOKAHEAD
+    assert counts == [64, 100, 101, 101]  # the image finished ahead is counted once the poll reaches it
