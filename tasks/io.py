@@ -21,7 +21,6 @@ import functools
 import itertools
 import json
 import math
-import operator
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -36,10 +35,10 @@ import dask.array as da
 import numpy as np
 import tifffile
 import zarr
-from dask.array.chunk import coarsen
 from dask.base import tokenize
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from imageops import pyramid
 from tasks import ome, storage, zarrchunks
 from tasks.axes import ImageAxes
 from tasks.ome import Calibration
@@ -809,9 +808,8 @@ def write_pyramid(ref: ArrayRef, compute: Any = None, *, min_size: int = ome.PYR
     for number, level_factors in enumerate(factors, start=1):
         shape = ome.level_shape(ref.shape, level_factors)
         if centred:
-            step = {axis: f // p for axis, (f, p) in enumerate(zip(level_factors, previous or (1,) * ref.ndim)) if f != p}
-            current = da.coarsen(_window_mean, current, step, trim_excess=True)
-            level = _cast_mean(current, dtype)
+            current = da.coarsen(pyramid.window_mean, current, pyramid.level_step(level_factors, previous), trim_excess=True)
+            level = pyramid.cast_mean(current, dtype)
         else:
             level = base[tuple(slice(0, n * f, f) for n, f in zip(shape, level_factors))]
         chunks = tuple(max(1, min(c, n)) for c, n in zip(ref.chunks, shape))
@@ -875,21 +873,13 @@ def create_block_levels(ref: ArrayRef, levels: BlockLevels) -> None:
 
 
 def _write_block_levels(block: np.ndarray, store: str, region: tuple, levels: BlockLevels) -> None:
-    """Write ``block``'s part of every level, each one whole chunk, computed as :func:`write_pyramid` computes it.
+    """Write ``block``'s part of every level, each one whole chunk (:func:`imageops.pyramid.block_levels`).
 
     The block starts at a multiple of every factor; at the image's end a
     partial window is dropped, as the level's shape drops it.
     """
-    current = block.astype(np.float64) if levels.centred and block.dtype.kind != "f" else block
-    previous = (1,) * block.ndim
-    for number, factors in enumerate(levels.factors, start=1):
-        if levels.centred:
-            step = {axis: f // p for axis, (f, p) in enumerate(zip(factors, previous))}
-            current = coarsen(_window_mean, current, step, trim_excess=True)
-            piece = _cast_mean(current, block.dtype)
-        else:
-            kept = tuple(slice(0, (b - a) // f * f, f) for (a, b), f in zip(region, factors))
-            piece = block[kept]
+    pieces = pyramid.block_levels(block, levels.factors, centred=levels.centred)
+    for number, (factors, piece) in enumerate(zip(levels.factors, pieces), start=1):
         starts = [a // f for (a, _), f in zip(region, factors)]
         level_region = tuple((s, s + n) for s, n in zip(starts, piece.shape))
         if piece.size:
@@ -897,7 +887,6 @@ def _write_block_levels(block: np.ndarray, store: str, region: tuple, levels: Bl
             if not _write_chunk_directly(piece, store, str(number), level_region, stats):
                 zarr.open_array(storage.zarr_store(store), path=str(number), mode="r+")[
                     tuple(slice(a, b) for a, b in level_region)] = piece
-        previous = factors
 
 
 def resumable(path: str | os.PathLike, fingerprint: str) -> ArrayRef | None:
@@ -1070,21 +1059,8 @@ def read_ref_whole(ref: ArrayRef) -> np.ndarray:
     Raises as :func:`read_ref`.
     """
     _check_ref(ref)
-    if not storage.exists(ref.store):
-        raise FileNotFoundError(f"store {ref.store} does not exist")
-    try:
-        metadata = _array_metadata(ref.store, ref.component)
-    except (FileNotFoundError, ValueError):
-        metadata = {}
-    codec = zarrchunks.chunk_codec(metadata)
-    if codec is None:
-        return np.asarray(_check_stored_array(ref)[...])
-    if tuple(metadata["shape"]) != ref.shape or codec.dtype != np.dtype(ref.dtype):
-        raise ValueError(
-            f"store {ref.store} holds shape {tuple(metadata['shape'])} dtype {codec.dtype}, "
-            f"the reference says shape {ref.shape} dtype {ref.dtype}"
-        )
-    return _decode_region(ref.store, ref.component, codec, ref.shape, tuple(slice(0, n) for n in ref.shape))
+    whole = _read_region_directly(ref.store, ref.component, ref.shape, ref.dtype, tuple(slice(0, n) for n in ref.shape))
+    return whole if whole is not None else np.asarray(_check_stored_array(ref)[...])
 
 
 def _read_region_directly(store: str, component: str, shape: tuple, dtype, region: tuple[slice, ...]) -> np.ndarray | None:
@@ -1638,54 +1614,6 @@ class _ZarrTarget:
             if _write_chunk_directly(value, self.store, self.component, region, stats):
                 return
         zarr.open_array(storage.zarr_store(self.store), path=self.component, mode="r+")[key] = value
-
-
-def _window_mean(windows: np.ndarray, axis: tuple[int, ...] | None = None) -> np.ndarray:
-    """``np.mean(windows, axis=axis)`` for the small windows of a pyramid level, bit for bit, several times faster.
-
-    ``np.mean`` reduces each window with a strided loop; here whole slices
-    are added in the order NumPy adds a window's values (the last window
-    axis first, in pairs, then the rest one after the other in C order), so
-    the rounding is the same; ``tests/tasks/test_io_ome.py`` checks it
-    against ``np.mean``. Float input only (integer images are averaged in float64).
-    """
-    if windows.dtype.kind != "f":
-        raise TypeError(f"pyramid means are taken on floats, got {windows.dtype}")
-    if axis is None:  # dask's coarsen asks for its meta this way
-        return np.mean(windows)
-    wide = [a for a in axis if windows.shape[a] > 1]
-    if not wide:
-        return windows.sum(axis=axis)
-    inner = wide[-1]
-    pairs = functools.reduce(operator.add, (_take(windows, inner, i) for i in range(windows.shape[inner])))
-    outer = [a - (a > inner) for a in axis if a != inner]  # the remaining window axes, in ``pairs``
-    positions = list(np.ndindex(*(pairs.shape[a] for a in outer)))
-    total = _at(pairs, outer, positions[0]).copy()
-    for position in positions[1:]:
-        total += _at(pairs, outer, position)
-    total /= math.prod(windows.shape[a] for a in axis)
-    return total
-
-
-def _take(array: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """``array[..., index, ...]`` on ``axis`` (a view, the axis dropped)."""
-    return array[(slice(None),) * axis + (index,)]
-
-
-def _at(array: np.ndarray, axes: list[int], position: tuple[int, ...]) -> np.ndarray:
-    """The view of ``array`` at ``position`` on ``axes`` (those axes dropped)."""
-    index: list[Any] = [slice(None)] * array.ndim
-    for a, p in zip(axes, position):
-        index[a] = p
-    return array[tuple(index)]
-
-
-def _cast_mean(mean, dtype: np.dtype):
-    """Window means (float64) in the image's dtype: rounded and clipped to range for integers (NumPy or Dask arrays)."""
-    if np.dtype(dtype).kind in "iu":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(mean), info.min, info.max).astype(dtype)
-    return mean.astype(dtype)
 
 
 def _read_tiff_region(path: str, region: tuple[slice, ...]) -> np.ndarray:
