@@ -271,6 +271,7 @@ def cmd_serve(args) -> int:
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED", "true")  # for a local server: schedules run
+    os.environ.setdefault("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "true")  # and automations made in its UI
     with ensure_api(seed_database=True) as api_url:
         print(f"haloflow: serving on the Prefect API at {api_url} (UI: {api_url.removesuffix('/api')})", flush=True)
         # The deployments layer builds and serves the deployments (imported here, at the top of the stack).

@@ -99,6 +99,9 @@ _SERVER_SETTINGS = {
     # The local run server has nothing to schedule: no deployments, no workers.
     "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
     "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
+    # Nor automations: their two services (triggers, actions) cost about 1.2 s
+    # of each start-up (the actions service builds a second API app to call).
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
 }
 
@@ -106,7 +109,17 @@ _SERVER_SETTINGS = {
 _SERVER_DEFAULTS_ONLY = {
     "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED",
     "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED",
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED",
     "PREFECT_SERVER_LOGGING_LEVEL",
+}
+
+#: Given (as defaults) to a server whose database is a copy of the seed: its
+#: block types were registered when the seed was made, so neither the
+#: registration nor the check whether it is due (a hash of every block class,
+#: about 0.3 s) runs again.
+_SEEDED_SERVER_SETTINGS = {
+    "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+    "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
 }
 
 _RUNNING: set[LocalServer] = set()
@@ -220,12 +233,15 @@ def _server_argv() -> list[str]:
     return command
 
 
-def server_environment(home: Path, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+def server_environment(home: Path, port: int, base: dict[str, str] | None = None,
+                       *, seeded: bool = False) -> dict[str, str]:
     """Environment for a ``prefect server start`` child bound to 127.0.0.1:``port``.
 
     The port goes in ``PREFECT_SERVER_API_PORT`` (not ``--port``) so that the
     UI also calls the right port, and ``PREFECT_API_URL`` is set to the
     server's own URL so a parent's value cannot leak into the UI settings.
+    ``seeded``: the database in ``home`` is a copy of the seed (block types
+    already registered), so the server does not register them again.
     """
     env = dict(os.environ if base is None else base)
     for key, value in _SERVER_SETTINGS.items():
@@ -233,6 +249,9 @@ def server_environment(home: Path, port: int, base: dict[str, str] | None = None
             env.setdefault(key, value)  # e.g. a served deployment's server needs its scheduler
         else:
             env[key] = value
+    if seeded:
+        for key, value in _SEEDED_SERVER_SETTINGS.items():
+            env.setdefault(key, value)
     env["PREFECT_HOME"] = str(home)
     env["PREFECT_SERVER_API_PORT"] = str(port)
     env["PREFECT_API_URL"] = local_api_url(port)
@@ -317,9 +336,9 @@ class LocalServer:
         return ServerLaunch(cls, home, port, ui, seed_database)
 
     @classmethod
-    def _spawn(cls, home: Path, port: int, ui: bool, owns_home: bool) -> LocalServer:
+    def _spawn(cls, home: Path, port: int, ui: bool, owns_home: bool, seeded: bool = False) -> LocalServer:
         log_path = home / f"server-{port}.log"
-        env = server_environment(home, port)
+        env = server_environment(home, port, seeded=seeded)
         env["PREFECT_SERVER_UI_ENABLED"] = "true" if ui else "false"
         log_file = open(log_path, "ab")
         popen_kwargs: dict[str, Any] = {}
@@ -472,7 +491,8 @@ class ServerLaunch:
 
     def _spawn_next(self) -> LocalServer:
         self._attempts -= 1
-        return self._class._spawn(self.home, self._fixed_port or find_free_port(), self._ui, self._owns_home)
+        return self._class._spawn(self.home, self._fixed_port or find_free_port(), self._ui, self._owns_home,
+                                  seeded=self._seeded)
 
     def wait(self, timeout: float = 60) -> LocalServer:
         """The server, once ``/api/health`` answers 200; retried as :meth:`LocalServer.start` says.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import socket
 import urllib.request
@@ -107,6 +108,42 @@ def test_ensure_api_starts_and_stops_a_server(monkeypatch):
     assert not server.home.exists()  # temporary PREFECT_HOME removed
     with pytest.raises(OSError):
         _get(f"{url}/health", timeout=2)
+
+
+def test_server_environment_turns_off_what_a_run_server_does_not_use(tmp_path):
+    env = runner.server_environment(tmp_path, 4321, base={"PATH": "/bin"})
+    assert env["PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED"] == "false"
+    assert env["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"] == "false"
+    assert env["PREFECT_SERVER_API_PORT"] == "4321" and env["PREFECT_HOME"] == str(tmp_path)
+    assert "PREFECT_API_BLOCKS_REGISTER_ON_START" not in env  # a fresh database registers its block types
+    # The caller's choice wins (``haloflow serve`` keeps automations and schedules).
+    kept = runner.server_environment(tmp_path, 4321, base={"PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "true"})
+    assert kept["PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED"] == "true"
+    seeded = runner.server_environment(tmp_path, 4321, base={}, seeded=True)
+    assert seeded["PREFECT_API_BLOCKS_REGISTER_ON_START"] == "false"
+    assert seeded["PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION"] == "false"
+
+
+def _block_type_slugs(api_url: str) -> set[str]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(f"{api_url}/block_types/filter", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with opener.open(request, timeout=10) as resp:
+        return {block["slug"] for block in json.loads(resp.read())}
+
+
+@pytest.mark.slow
+def test_a_server_on_a_seeded_database_still_offers_the_block_types(monkeypatch):
+    """It skips the registration at start-up: the types come with the seed, made by a server that registered them."""
+    monkeypatch.delenv("PREFECT_API_URL")
+    first = runner.LocalServer.launch(ui=False, seed_database=True)  # makes the seed if there is none yet
+    with first.wait() as server:
+        registered = _block_type_slugs(server.api_url)
+    second = runner.LocalServer.launch(ui=False, seed_database=True)
+    assert second._seeded
+    with second.wait() as server:
+        assert _block_type_slugs(server.api_url) == registered
+    assert {"secret", "local-file-system"} <= registered
 
 
 def test_a_launched_server_is_waited_for_later_or_cancelled(monkeypatch):
