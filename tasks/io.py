@@ -1090,13 +1090,13 @@ def _decode_region(store: str, component: str, codec: zarrchunks.ChunkCodec, sha
     out = np.empty(tuple(max(r.stop - r.start, 0) for r in region), dtype=codec.dtype)
     if not out.size:
         return out
+    if out.shape == codec.chunks and all(r.start % c == 0 for r, c in zip(region, codec.chunks)):
+        # One whole chunk (a block of the store's own grid): decoded straight into ``out``.
+        index = tuple(r.start // c for r, c in zip(region, codec.chunks))
+        return codec.decode(_stored_chunk(store, component, codec, index), out=out)
     touched = [range(r.start // c, -(-r.stop // c)) for r, c in zip(region, codec.chunks)]
     for index in itertools.product(*touched):
-        location = storage.join(store, component, *codec.key(index).split(codec.separator))
-        try:
-            data = storage.read_bytes(location)
-        except FileNotFoundError:
-            data = None  # never written: the fill value
+        data = _stored_chunk(store, component, codec, index)
         chunk_region = _chunk_region(index, codec.chunks, shape)
         lows = [max(r.start, a) for r, (a, _) in zip(region, chunk_region)]
         highs = [min(r.stop, b) for r, (_, b) in zip(region, chunk_region)]
@@ -1104,6 +1104,15 @@ def _decode_region(store: str, component: str, codec: zarrchunks.ChunkCodec, sha
         taken = tuple(slice(lo - a, hi - a) for lo, hi, (a, _) in zip(lows, highs, chunk_region))
         out[into] = codec.decode(data)[taken]
     return out
+
+
+def _stored_chunk(store: str, component: str, codec: zarrchunks.ChunkCodec, index: tuple[int, ...]) -> bytes | None:
+    """One chunk's stored bytes; ``None`` if it was never written (it holds the fill value)."""
+    location = storage.join(store, component, *codec.key(index).split(codec.separator))
+    try:
+        return storage.read_bytes(location)
+    except FileNotFoundError:
+        return None
 
 
 def table_record_path(path: str | os.PathLike) -> str:

@@ -48,14 +48,77 @@ class ChunkCodec:
         data = np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<"))
         return bytes(self.compressor.encode(data))
 
-    def decode(self, data: bytes | None) -> np.ndarray:
-        """A chunk from its stored bytes; ``None`` (no chunk written) gives the fill value."""
+    def decode(self, data: bytes | None, out: np.ndarray | None = None) -> np.ndarray:
+        """A chunk from its stored bytes; ``None`` (no chunk written) gives the fill value.
+
+        ``out``: a C-contiguous array of the chunk's shape and dtype to fill
+        and return. The bytes are decompressed straight into it, with no copy,
+        when the stored chunk says its size beforehand and it is ``out``'s;
+        otherwise they are decoded as without ``out`` (a size that does not
+        fit raises the same error) and copied in.
+        """
+        if out is not None:
+            return self._decode_into(data, out)
         if data is None:
             return np.full(self.chunks, self.fill_value, dtype=self.dtype)
         raw = np.frombuffer(self.compressor.decode(data), dtype=self.dtype.newbyteorder("<"))
         if raw.size != int(np.prod(self.chunks)):
             raise ValueError(f"a stored chunk holds {raw.size} values, not the {int(np.prod(self.chunks))} of its shape")
         return raw.reshape(self.chunks).astype(self.dtype, copy=False)
+
+    def _decode_into(self, data: bytes | None, out: np.ndarray) -> np.ndarray:
+        if out.shape != self.chunks or out.dtype != self.dtype or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"cannot decode a chunk of shape {self.chunks} and dtype {self.dtype} into "
+                             f"an array of shape {out.shape} and dtype {out.dtype} (C-contiguous, writeable)")
+        if data is None:
+            out.fill(self.fill_value)
+            return out
+        if self.dtype.newbyteorder("<") == self.dtype and decoded_size(self.compressor, data) == out.nbytes:
+            try:
+                self.compressor.decode(data, out=out.reshape(-1).view(np.uint8))
+                return out
+            except (ValueError, RuntimeError):  # e.g. several zstd frames: decoded the plain way below
+                pass
+        out[...] = self.decode(data)
+        return out
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def decoded_size(compressor: Any, data: bytes) -> int | None:
+    """The byte count that ``data`` decompresses to, read from its header; ``None`` when it does not say.
+
+    blosc (version 1 format) stores it in every buffer's header; a zstd frame
+    in its ``Frame_Content_Size`` field when present (numcodecs writes it).
+
+    >>> codec = numcodecs.Zstd(level=1)
+    >>> decoded_size(codec, codec.encode(np.zeros(1000, np.uint16)))
+    2000
+    """
+    view = memoryview(data).cast("B")
+    if isinstance(compressor, numcodecs.Blosc):
+        return int.from_bytes(view[4:8], "little") if len(view) >= 16 else None
+    if isinstance(compressor, numcodecs.Zstd):
+        return _zstd_content_size(view)
+    return None
+
+
+def _zstd_content_size(view: memoryview) -> int | None:
+    """``Frame_Content_Size`` of the zstd frame starting ``view`` (RFC 8878, 3.1.1.1), if the frame has one."""
+    if len(view) < 6 or bytes(view[:4]) != _ZSTD_MAGIC:
+        return None
+    descriptor = view[4]
+    fcs_flag, single_segment, dict_flag = descriptor >> 6, (descriptor >> 5) & 1, descriptor & 3
+    width = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+    if not width:
+        return None
+    start = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag]
+    field = bytes(view[start:start + width])
+    if len(field) != width:
+        return None
+    value = int.from_bytes(field, "little")
+    return value + 256 if width == 2 else value
 
 
 def chunk_codec(metadata: Mapping[str, Any]) -> ChunkCodec | None:

@@ -71,24 +71,66 @@ def test_chunks_written_directly_are_the_bytes_zarr_writes_and_read_back_the_sam
 
 @pytest.mark.parametrize("region", [
     (slice(0, 2), slice(0, 16), slice(0, 16)),  # one whole chunk, all fill value (no file)
+    (slice(0, 2), slice(16, 32), slice(0, 16)),  # one whole chunk: decoded into the block itself
     (slice(2, 3), slice(32, 37), slice(16, 29)),  # the corner edge chunk
     (slice(1, 3), slice(5, 30), slice(3, 20)),  # across chunk borders on every axis
     (slice(0, 3), slice(0, 37), slice(0, 29)),  # everything
     (slice(1, 1), slice(0, 37), slice(0, 29)),  # empty
 ])
-def test_a_large_image_read_decodes_chunks_directly_and_equals_zarr(tmp_path, monkeypatch, region):
+@pytest.mark.parametrize("dtype", ["float32", "uint16"])  # blosc, zstd
+def test_a_large_image_read_decodes_chunks_directly_and_equals_zarr(tmp_path, monkeypatch, region, dtype):
     shape, chunks = (3, 37, 29), (2, 16, 16)
-    data = (np.random.default_rng(2).random(shape) * 9).astype("float32")
+    data = (np.random.default_rng(2).random(shape) * 9).astype(dtype)
     data[:2, :16, :16] = 0
-    ref = io.create_store(tmp_path / "s.zarr", shape=shape, dtype="float32", chunks=chunks, kind="image",
+    ref = io.create_store(tmp_path / "s.zarr", shape=shape, dtype=dtype, chunks=chunks, kind="image",
                           fingerprint="f", name="n")
     zarr.open_array(ref.store, path="0", mode="r+")[...] = data
     expected = zarr.open_array(ref.store, path="0", mode="r")[region]
     lazy = io.read_ref(ref)[region]
     monkeypatch.setattr(zarr, "open_array", None)  # the blocks are not read through zarr
     got = lazy.compute(scheduler="synchronous")
-    assert got.dtype == np.float32 and got.flags.writeable
+    assert got.dtype == np.dtype(dtype) and got.flags.writeable
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "uint16", "uint32", "bool"])
+def test_a_chunk_decoded_into_a_given_array_fills_that_array_with_the_plain_decoding(dtype):
+    codec = zarrchunks.chunk_codec(json.loads(json.dumps(_array_document(dtype, (3, 5, 4)))))
+    data = (np.random.default_rng(3).random((3, 5, 4)) * 300).astype(dtype)
+    stored = codec.encode(data)
+    assert zarrchunks.decoded_size(codec.compressor, stored) == data.nbytes
+    out = np.empty((3, 5, 4), dtype=dtype)
+    assert codec.decode(stored, out=out) is out
+    np.testing.assert_array_equal(out, codec.decode(stored))
+    np.testing.assert_array_equal(codec.decode(None, out=out), np.zeros((3, 5, 4), dtype=dtype))
+    short = codec.compressor.encode(np.ascontiguousarray(data.ravel()[:-1]))  # one value missing
+    with pytest.raises(ValueError, match="holds 59 values, not the 60 of its shape"):
+        codec.decode(short, out=np.empty((3, 5, 4), dtype=dtype))
+    with pytest.raises(ValueError, match="cannot decode a chunk of shape"):
+        codec.decode(stored, out=np.empty((3, 5, 5), dtype=dtype))
+
+
+def _array_document(dtype, chunks) -> dict:
+    """The array document create_store writes, for a store of one chunk."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        io.create_store(Path(folder) / "s.zarr", shape=chunks, dtype=dtype, chunks=chunks, kind="image",
+                        fingerprint="f", name="n")
+        return _documents(Path(folder) / "s.zarr")[1]
+
+
+@pytest.mark.parametrize("header, size", [
+    (bytes([0x28, 0xB5, 0x2F, 0xFD, 0x20, 0x07]), 7),  # single segment, 1-byte size
+    (bytes([0x28, 0xB5, 0x2F, 0xFD, 0x40, 0x00, 0x10, 0x00]), 16 + 256),  # window byte, 2-byte size (+256)
+    (bytes([0x28, 0xB5, 0x2F, 0xFD, 0x81, 0x05, 0x02, 0x00, 0x00, 0x01, 0x00]), 65536),  # window, dictionary id byte, 4 bytes
+    (bytes([0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x00, 0x00]), None),  # no content size in the frame
+    (bytes([0x00, 0xB5, 0x2F, 0xFD, 0x20, 0x07]), None),  # not a zstd frame
+])
+def test_the_decoded_size_of_a_zstd_frame_is_read_from_its_header(header, size):
+    import numcodecs
+
+    assert zarrchunks.decoded_size(numcodecs.Zstd(), header) == size
 
 
 def test_a_block_that_is_not_one_whole_chunk_is_left_to_zarr(tmp_path):
