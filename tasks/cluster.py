@@ -11,7 +11,14 @@ from typing import Any
 
 import dask
 
-__all__ = ["cluster_threads", "compute_on_cluster", "current_worker_address"]
+__all__ = ["StageCancelled", "cluster_threads", "compute_each", "compute_on_cluster", "current_worker_address"]
+
+#: States of a worker's task that is still wanted: running, or running seceded (``worker_client``).
+_RUNNING_STATES = ("executing", "long-running")
+
+
+class StageCancelled(RuntimeError):
+    """The worker task running a stage was released by the scheduler: its chunk tasks were cancelled."""
 
 
 def _current_worker():
@@ -84,11 +91,13 @@ def compute_on_cluster(*collections: Any, **compute_kwargs: Any) -> Any:
     if not collections:
         raise TypeError("compute_on_cluster() needs at least one collection")
 
-    if _current_worker() is not None:
+    worker = _current_worker()
+    if worker is not None:
         from distributed import worker_client
 
+        key = _current_task_key(worker)
         with worker_client() as client:
-            results = client.gather(client.compute(list(collections), **compute_kwargs))
+            results = _gather_while_wanted(client, client.compute(list(collections), **compute_kwargs), worker, key)
     else:
         client = _default_client()
         if client is not None:
@@ -132,22 +141,64 @@ def compute_each(collections: list[Any], on_done=None, *, every: float = 0.5) ->
                 on_done(total, total)
             return results
 
-    from distributed import as_completed, worker_client
+    from distributed import worker_client
 
-    def run(active_client) -> list[Any]:
-        futures = active_client.compute(collections)
-        position = {f.key: i for i, f in enumerate(futures)}
-        results: list[Any] = [None] * total
-        last, done = time.monotonic(), 0
-        for future in as_completed(futures):
-            results[position[future.key]] = future.result()
-            done += 1
-            if on_done and (time.monotonic() - last >= every or done == total):
-                on_done(done, total)
-                last = time.monotonic()
-        return results
+    last = time.monotonic()
+
+    def report(done: int) -> None:
+        nonlocal last
+        if on_done and (time.monotonic() - last >= every or done == total):
+            on_done(done, total)
+            last = time.monotonic()
 
     if worker is not None:
+        key = _current_task_key(worker)
         with worker_client() as active:
-            return run(active)
-    return run(client)
+            return _gather_while_wanted(active, active.compute(collections), worker, key, report)
+    return _gather_while_wanted(client, client.compute(collections), None, None, report)
+
+
+def _gather_while_wanted(client, futures: list[Any], worker, key, report=None) -> list[Any]:
+    """The futures' results in their order, as they finish; stopped when the calling worker task is released.
+
+    A stage task computes its chunk tasks from a worker (``worker_client``);
+    they belong to that worker's client, not to the flow run's. If the flow
+    run goes away (cancelled from the UI, its process killed), the scheduler
+    releases the stage task, but the thread running it goes on: without this
+    check its remaining chunk tasks would run to the end on a cluster shared
+    with other runs. Checked each time a chunk task finishes: the remaining
+    ones are cancelled and :class:`StageCancelled` is raised.
+    """
+    from distributed import as_completed
+
+    position = {f.key: i for i, f in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    done = 0
+    try:
+        for future in as_completed(futures):
+            if key is not None and not _still_wanted(worker, key):
+                raise StageCancelled(
+                    f"the task {key!r} was released by the Dask scheduler (its flow run was cancelled or went "
+                    f"away): its {len(futures) - done} unfinished chunk task(s) were cancelled")
+            results[position[future.key]] = future.result()
+            done += 1
+            if report is not None:
+                report(done)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return results
+
+
+def _current_task_key(worker):
+    """The key of the task the calling thread runs on ``worker``; ``None`` outside a task."""
+    try:
+        return worker.get_current_task()
+    except (KeyError, AttributeError):
+        return None
+
+
+def _still_wanted(worker, key) -> bool:
+    """Whether the worker still runs ``key`` for the scheduler (not released or cancelled meanwhile)."""
+    state = worker.state.tasks.get(key)
+    return state is not None and state.state in _RUNNING_STATES
