@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-root", action="append", default=[], metavar="DIR",
                        help="only paths inside DIR may be read or written by the runs (repeatable)")
     serve.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
+    _cluster_options(serve)
     serve.set_defaults(handler=cmd_serve)
 
     ops = sub.add_parser("ops", help="list every op with its parameters (type, bounds, default) and description")
@@ -267,18 +268,55 @@ def cmd_serve(args) -> int:
     for root in args.data_root:
         if not Path(root).expanduser().is_dir():
             return _bad_input(ValueError(f"--data-root {root}: not a folder"))
+    from flows.cluster import ClusterError
     from flows.runner import ensure_api
 
+    try:
+        cluster = choose_and_check_cluster(args)
+    except ClusterError as error:
+        return _bad_input(error)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED", "true")  # for a local server: schedules run
     os.environ.setdefault("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "true")  # and automations made in its UI
-    with ensure_api(seed_database=True) as api_url:
-        print(f"haloflow: serving on the Prefect API at {api_url} (UI: {api_url.removesuffix('/api')})", flush=True)
+    with ensure_api(seed_database=True) as api_url, _served_cluster(cluster, args) as where:
+        print(f"haloflow: serving on the Prefect API at {api_url} (UI: {api_url.removesuffix('/api')}); "
+              f"runs go to {where}", flush=True)
         # The deployments layer builds and serves the deployments (imported here, at the top of the stack).
         from deployments.serve import serve
 
         serve(args.spec, cron=args.cron, interval=args.interval, data_roots=args.data_root, limit=args.limit)
     return 0
+
+
+@contextlib.contextmanager
+def _served_cluster(cluster, args):
+    """The cluster every served run computes on, named in ``HALOFLOW_CLUSTER`` (which the runs inherit); yield its description.
+
+    A local one is started here once, while serving, and closed on the way
+    out: a run then starts on workers that are up and have imported what
+    stages need, instead of starting a cluster of its own (3-4 s a run). A
+    run cancelled from the UI stops its chunk tasks on it
+    (:class:`tasks.cluster.StageCancelled`).
+    """
+    from flows.runner import CLUSTER_ENV_VAR, BackgroundCluster
+
+    if not cluster.is_local:
+        if cluster.address:
+            os.environ[CLUSTER_ENV_VAR] = cluster.address
+        yield cluster.describe()
+        return
+    started = BackgroundCluster.start(n_workers=args.workers, memory_limit=args.worker_memory)
+    saved = os.environ.get(CLUSTER_ENV_VAR)
+    try:
+        address = started.address()
+        os.environ[CLUSTER_ENV_VAR] = address
+        yield f"a local Dask cluster at {address}, shared by the runs"
+    finally:
+        started.close()
+        if saved is None:
+            os.environ.pop(CLUSTER_ENV_VAR, None)
+        else:
+            os.environ[CLUSTER_ENV_VAR] = saved
 
 
 def _run(spec, args, cluster, launch=None) -> int:

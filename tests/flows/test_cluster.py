@@ -355,3 +355,39 @@ def test_input_the_workers_cannot_see_is_refused_before_work(tmp_path):
     assert f"input: the Dask workers cannot reach {data / 'volume.tif'}" in text
     assert "shared file system" in text
     assert not any(out.glob("*.ome.zarr"))
+
+
+def test_serve_with_a_cluster_address_that_does_not_answer_is_refused(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as server:  # accepts, never answers
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        assert cli_main(["serve", "--cluster", address]) == 2
+    assert f"no Dask scheduler answers at {address}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_served_runs_share_one_local_cluster_started_by_serve(monkeypatch):
+    """``haloflow serve`` starts one local cluster and names it in HALOFLOW_CLUSTER for the runs it starts."""
+    import argparse
+
+    import distributed
+
+    from flows.cli import _served_cluster
+    from flows.cluster import ClusterChoice
+
+    monkeypatch.delenv(CLUSTER_ENV_VAR, raising=False)
+    args = argparse.Namespace(workers=1, worker_memory=2**30)
+    with _served_cluster(ClusterChoice("local"), args) as where:
+        address = os.environ[CLUSTER_ENV_VAR]
+        assert address in where and "shared by the runs" in where
+        with distributed.Client(address) as client:
+            (limit,) = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
+            assert limit == 2**30
+            # The task runner of a flow run started now goes to it, not to a cluster of its own.
+            assert make_task_runner().address == address
+    assert CLUSTER_ENV_VAR not in os.environ
+    with pytest.raises(ClusterError):
+        check_scheduler_answers(address, timeout=1)  # closed with the serve process
+
+    monkeypatch.setenv(CLUSTER_ENV_VAR, "tcp://127.0.0.1:1")  # a cluster of the user's: passed on untouched
+    with _served_cluster(ClusterChoice(CLUSTER_ENV_VAR, address="tcp://127.0.0.1:1"), args) as where:
+        assert os.environ[CLUSTER_ENV_VAR] == "tcp://127.0.0.1:1" and "tcp://127.0.0.1:1" in where
