@@ -13,8 +13,8 @@ Per served run it reports:
   runner's poll for new runs, ``--poll`` seconds, included);
 * the flow run's own time (its start to end, by the Prefect server), the
   stages' seconds (``run.json``) and the rest, which is Prefect's and the
-  cluster's share: flow-run process start, Dask cluster start and close,
-  task orchestration;
+  cluster's share: flow-run process start, task orchestration (the runs
+  share the local Dask cluster ``haloflow serve`` started);
 * the peak of the served process tree's memory (sum of RSS, sampled every
   ``--interval-ms``; the server and the idle serve process included) and
   the CPU the tree used during the run.
@@ -218,9 +218,10 @@ def build_report(runs: list[dict], sk, table: str, shape, args, command: str, da
              f"haloflow's default chunks. A local Prefect server and `haloflow serve` (both flows as deployments; its "
              f"runner polls for new runs every {args.poll:g} s) were up before the runs; each run is one "
              f"`create_flow_run` call on the `large-image` deployment, as the UI's Run button makes, after one "
-             f"unreported warm-up run on a 16x128x128 volume. Each flow run starts its own local Dask cluster (two "
-             f"workers). Memory: the served process tree (Prefect server not included: it runs apart; the serve "
-             f"process, the flow-run process and its Dask workers) as the sum of RSS every {args.interval_ms:g} ms. "
+             f"unreported warm-up run on a 16x128x128 volume. The runs compute on the local Dask cluster (two workers) "
+             f"that `haloflow serve` started and shares between them. Memory: the served process tree (Prefect "
+             f"server not included: it runs apart; the serve process, its Dask workers and the flow-run process) as "
+             f"the sum of RSS every {args.interval_ms:g} ms. "
              f"scikit-image ran on the whole volume in a fresh process after the served runs.\n",
              "| run | wall s (create_flow_run → end) | queued s (→ flow run start) | flow run s | stages s | "
              "outside the stages s (share of the wall) | peak memory GiB (RSS sum) | CPU s | objects |",
@@ -234,7 +235,7 @@ def build_report(runs: list[dict], sk, table: str, shape, args, command: str, da
     lines += ["",
               f"Medians of the served runs: wall {wall:.1f} s = {wall / sk.wall:.2f}× scikit-image's {sk.wall:.1f} s; "
               f"flow run {flow_run:.1f} s; stages {stages:.1f} s; outside the stages {rest:.1f} s "
-              f"({rest / wall:.0%} of the wall: the runner's poll, the flow-run process start, the cluster, "
+              f"({rest / wall:.0%} of the wall: the runner's poll, the flow-run process start, "
               f"Prefect's task orchestration). Per stage (last run): "
               + ", ".join(f"{k} {v:.1f}" for k, v in runs[-1]["per_stage"].items()) + " s.",
               "",
