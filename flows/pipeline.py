@@ -181,29 +181,30 @@ def measure_intensity(step, images: dict[str, Any]):
     return images[step.intensity] if step.intensity else None
 
 
-def stage_options(storage: str, fresh: bool) -> dict[str, Any]:
+def stage_options(storage, fresh: bool) -> dict[str, Any]:
     """Stage results persist in the output folder, so the cache lives as long as the outputs do.
 
-    ``fresh``: the stage's store is missing or incomplete, so a cached result
-    must not be trusted (``refresh_cache``).
+    ``storage``: the saved block of :func:`result_storage`. ``fresh``: the
+    stage's store is missing or incomplete, so a cached result must not be
+    trusted (``refresh_cache``).
     """
     return {"result_storage": storage, "refresh_cache": fresh}
 
 
-def result_storage(out: str) -> str:
-    """A saved file-system block for ``OUT/.haloflow/results`` (Prefect needs it saved), by reference.
+def result_storage(out: str):
+    """A saved file-system block for ``OUT/.haloflow/results`` (Prefect needs it saved), given to the stages as it is.
 
     A local folder gets a LocalFileSystem block; a URL (``s3://...``) a
     RemoteFileSystem block, which reaches it through fsspec with the same
-    credentials as the stores.
+    credentials as the stores. The stages get the block itself, not its name:
+    given a name, every stage task would first read the block back from the
+    API (about 0.1 s a stage).
     """
     basepath = storage.join(out, ".haloflow", "results")
     name = "haloflow-results-" + fingerprint(basepath)[:16]
-    if storage.is_url(basepath):
-        RemoteFileSystem(basepath=basepath).save(name, overwrite=True)
-        return f"remote-file-system/{name}"
-    LocalFileSystem(basepath=basepath).save(name, overwrite=True)
-    return f"local-file-system/{name}"
+    block = RemoteFileSystem(basepath=basepath) if storage.is_url(basepath) else LocalFileSystem(basepath=basepath)
+    block.save(name, overwrite=True)
+    return block
 
 
 def run_stage(stage, *args) -> StepResult:

@@ -124,6 +124,33 @@ def test_server_environment_turns_off_what_a_run_server_does_not_use(tmp_path):
     assert seeded["PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION"] == "false"
 
 
+def test_warm_up_sends_one_request_in_the_background_and_ignores_failures():
+    import http.server
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        thread = runner._warm_up(f"http://127.0.0.1:{httpd.server_address[1]}/api/admin/version")
+        thread.join(10)
+        httpd.shutdown()
+    assert not thread.is_alive() and thread.daemon
+    assert seen == ["/api/admin/version"]
+    closed = runner._warm_up(f"http://127.0.0.1:{runner.find_free_port()}/api/admin/version")  # nothing listens
+    closed.join(10)
+    assert not closed.is_alive()
+
+
 def _block_type_slugs(api_url: str) -> set[str]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     request = urllib.request.Request(f"{api_url}/block_types/filter", data=b"{}", method="POST",
