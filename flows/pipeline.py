@@ -16,11 +16,11 @@ from flows.record import RunRecord, check_chunks, prepare_output, stage_key
 from flows.runner import make_task_runner, started_here
 from flows.spec import (InputField, PipelineSpec, SpecError, StepChoice, check_data_roots, input_with_axes, kept_steps,
                         spec_paths, step_name)
-from tasks import io, storage
+from tasks import io, stages, storage
 from tasks.artifacts import artifact_key, publish_failures
 from tasks.reference import fingerprint
 from tasks.steps import ImageFailure, StepResult, fuse, step_fingerprint, stored_root
-from tasks.stages import PerImage, batch_image_stage, batch_table_stage, image_stage, table_stage
+from tasks.stages import PerImage, batch_headers, batch_image_stage, batch_table_stage, image_stage, table_stage
 
 
 @flow(name="large-image", task_runner=make_task_runner(), log_prints=False, validate_parameters=True)
@@ -95,9 +95,11 @@ def batch_flow(
     check_cluster_reach(spec, out)
     failures: dict[str, dict[str, str]] = {}
     sources: dict[str, Any] = {}
-    for stem, path in image_stems(paths).items():
+    for stem, header in read_headers(image_stems(paths)).items():
         try:
-            sources[stem] = input_with_axes(spec, io.resolve_input(path))
+            if isinstance(header, io.InputError):
+                raise header
+            sources[stem] = input_with_axes(spec, header)
         except (io.InputError, SpecError) as error:  # one unreadable image must not stop the others
             failures[stem] = {"step": "read", "error": str(error)}
     record = RunRecord.start(spec, out, images=list(sources) + list(failures))
@@ -145,6 +147,13 @@ def batch_flow(
         names = "; ".join(f"{stem} ({f['step']}: {f['error']})" for stem, f in failures.items())
         return Failed(message=f"{len(failures)} of {len(failures) + len(upstream)} images failed: {names}", data=summary)
     return record.finish()
+
+
+def read_headers(paths: dict[str, str]) -> dict[str, io.InputSpec | io.InputError]:
+    """Each batch image's header, or the error reading it: on the cluster for many images, here for a few."""
+    if len(paths) >= stages.HEADERS_ON_CLUSTER_FROM:
+        return batch_headers.submit(PerImage(paths)).result()
+    return {stem: io.resolve_or_error(path) for stem, path in paths.items()}
 
 
 def check_cluster_reach(spec: PipelineSpec, out: str) -> None:

@@ -270,6 +270,18 @@ class InputSpec:
         return cls(**data)
 
 
+def resolve_or_error(source: Any) -> InputSpec | InputError:
+    """:func:`resolve_input`, its :class:`InputError` returned rather than raised (one bad image of a batch).
+
+    >>> type(resolve_or_error("/no/such/image.tif")).__name__
+    'InputNotFoundError'
+    """
+    try:
+        return resolve_input(source)
+    except InputError as error:
+        return error
+
+
 def resolve_input(source: Any) -> InputSpec:
     """Validate an input description and return its :class:`InputSpec`.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,22 @@ def test_flow_call_refuses_bad_input_with_the_same_message(tmp_path, dask_cluste
 
 
 @pytest.mark.slow
-def test_batch_goes_on_past_bad_images(tmp_path, capsys, dask_cluster):
+def test_batch_goes_on_past_bad_images(tmp_path, capsys, dask_cluster, monkeypatch):
+    """Headers read on the cluster, as for a large batch (a small one reads them in the flow, as other tests do)."""
+    from tasks import stages
+
+    monkeypatch.setattr(stages, "HEADERS_ON_CLUSTER_FROM", 2)
+    readers = tmp_path / "readers.log"
+    resolve = io.resolve_or_error
+
+    def logged(path):  # which process reads each header (travels to the workers by value)
+        import os
+
+        with open(readers, "a") as log:
+            log.write(f"{os.getpid()}\n")
+        return resolve(path)
+
+    monkeypatch.setattr(io, "resolve_or_error", logged)
     folder = tmp_path / "images"
     folder.mkdir()
     for seed in (1, 2, 3):
@@ -132,3 +148,6 @@ def test_batch_goes_on_past_bad_images(tmp_path, capsys, dask_cluster):
     assert record["status"] == "failed"
     assert set(record["failed"]) == {"corrupt", "with_nan"}
     assert record["failed"]["with_nan"]["step"] == "02_threshold"
+    pids = readers.read_text().split()
+    assert len(pids) == 5
+    assert str(os.getpid()) not in pids  # read by the workers, not by the flow (this process)
