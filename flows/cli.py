@@ -252,6 +252,16 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+#: Settings ``haloflow serve`` gives itself (and a local server it starts) unless the environment sets them.
+SERVE_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "true",  # for a local server: schedules run
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "true",  # and automations made in its UI
+    # A run started from the UI is picked up within a second; Prefect's runner polls every 10 s by default.
+    "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+}
+
+
 def cmd_serve(args) -> int:
     """Serve deployments against the configured Prefect API (PREFECT_API_URL), or a local server."""
     from flows.spec import SpecError, load_spec
@@ -275,9 +285,8 @@ def cmd_serve(args) -> int:
         cluster = choose_and_check_cluster(args)
     except ClusterError as error:
         return _bad_input(error)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED", "true")  # for a local server: schedules run
-    os.environ.setdefault("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "true")  # and automations made in its UI
+    for key, value in SERVE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     with ensure_api(seed_database=True) as api_url, _served_cluster(cluster, args) as where:
         print(f"haloflow: serving on the Prefect API at {api_url} (UI: {api_url.removesuffix('/api')}); "
               f"runs go to {where}", flush=True)

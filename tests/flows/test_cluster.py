@@ -391,3 +391,29 @@ def test_served_runs_share_one_local_cluster_started_by_serve(monkeypatch):
     monkeypatch.setenv(CLUSTER_ENV_VAR, "tcp://127.0.0.1:1")  # a cluster of the user's: passed on untouched
     with _served_cluster(ClusterChoice(CLUSTER_ENV_VAR, address="tcp://127.0.0.1:1"), args) as where:
         assert os.environ[CLUSTER_ENV_VAR] == "tcp://127.0.0.1:1" and "tcp://127.0.0.1:1" in where
+
+
+def test_serve_sets_its_defaults_unless_the_environment_has_them(monkeypatch, dask_cluster, capsys):
+    """Runs started from the UI are picked up within a second; a value the user set is kept."""
+    import contextlib
+
+    import deployments.serve
+    from flows import cli, runner
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def api(**kwargs):
+        yield "http://127.0.0.1:9/api"
+
+    monkeypatch.setattr(runner, "ensure_api", api)
+    monkeypatch.setattr(deployments.serve, "serve", lambda *a, **k: seen.update(os.environ))
+    monkeypatch.setenv(CLUSTER_ENV_VAR, dask_cluster)
+    for key in cli.SERVE_DEFAULTS:  # whatever serve sets in os.environ is undone after the test
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "false")  # the user's choice
+    assert cli_main(["serve"]) == 0
+    assert seen["PREFECT_RUNNER_POLL_FREQUENCY"] == cli.SERVE_DEFAULTS["PREFECT_RUNNER_POLL_FREQUENCY"] == "1"
+    assert seen["PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED"] == "false"
+    assert seen[CLUSTER_ENV_VAR] == dask_cluster
+    assert f"runs go to the Dask cluster at {dask_cluster}" in capsys.readouterr().out
