@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from flows.cli import main as cli_main
-from flows.cluster import ClusterClass, ClusterError, check_scheduler_answers, check_workers_reach, path_view
+from flows.cluster import ClusterError, check_scheduler_answers, check_workers_reach, path_view
 from flows.demo import demo_volume
 from flows.runner import CLUSTER_ENV_VAR, find_free_port, make_task_runner
 
