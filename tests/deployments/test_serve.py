@@ -142,3 +142,41 @@ def _timestamp(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_run_cancelled_from_the_ui_stops_its_chunk_tasks_on_the_shared_cluster(serve, tmp_path, prefect_api_url,
+                                                                                   dask_cluster):
+    """Cancelling a served run stops its stage's chunk tasks; the store stays incomplete, nothing more is written."""
+    import distributed
+
+    from tasks import io
+
+    data = tmp_path / "data"
+    data.mkdir()
+    tifffile.imwrite(data / "volume.tif", demo_volume((32, 256, 256), n_objects=40, seed=3))
+    served = serve()
+    deployment = served.deployment("large-image", "large-image")
+    out = data / "out"
+    # 64 blocks of a slow op (about 0.6 s each): half a minute of chunk work on the two workers.
+    parameters = {"input": str(data / "volume.tif"), "steps": [{"op": "median", "size": 7}], "output": str(out),
+                  "chunks": [8, 64, 64]}
+    response = served.run(deployment, parameters)
+    assert response.status_code == 201, response.text
+    run_id = response.json()["id"]
+    markers = out / "01_median.ome.zarr" / io._DONE_FOLDER
+
+    def written() -> int:
+        return len([p for p in markers.iterdir() if not p.name.endswith(".tmp")]) if markers.is_dir() else 0
+
+    wait_for(lambda: written() >= 4, 120, "the stage's first blocks")
+    cancel = httpx.post(f"{prefect_api_url}/flow_runs/{run_id}/set_state",
+                        json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True}, timeout=30)
+    assert cancel.status_code in (200, 201), cancel.text
+    run = served.wait_final(run_id, timeout=60)
+    assert run["state"]["type"] == "CANCELLED", run["state"]
+    with distributed.Client(dask_cluster) as client:
+        wait_for(lambda: not any(client.processing().values()), 20, "the shared cluster to be idle", interval=0.2)
+    stopped_at = written()
+    time.sleep(2)
+    assert written() == stopped_at < 64  # nothing more was written, and the stage did not run to its end
+    assert not io.is_complete(out / "01_median.ome.zarr")
