@@ -309,19 +309,16 @@ def _served_cluster(cluster, args):
     """
     from flows.runner import CLUSTER_ENV_VAR, BackgroundCluster
 
-    if not cluster.is_local:
-        if cluster.address:
-            os.environ[CLUSTER_ENV_VAR] = cluster.address
-        yield cluster.describe()
-        return
-    started = BackgroundCluster.start(n_workers=args.workers, memory_limit=args.worker_memory)
+    started = BackgroundCluster.start(n_workers=args.workers, memory_limit=args.worker_memory) if cluster.is_local else None
     saved = os.environ.get(CLUSTER_ENV_VAR)
     try:
-        address = started.address()
-        os.environ[CLUSTER_ENV_VAR] = address
-        yield f"a local Dask cluster at {address}, shared by the runs"
+        address = started.address() if started is not None else cluster.address
+        if address:
+            os.environ[CLUSTER_ENV_VAR] = address
+        yield f"a local Dask cluster at {address}, shared by the runs" if started is not None else cluster.describe()
     finally:
-        started.close()
+        if started is not None:
+            started.close()
         if saved is None:
             os.environ.pop(CLUSTER_ENV_VAR, None)
         else:
@@ -371,7 +368,7 @@ def _api_and_cluster(cluster, args, launch=None):
     """The run's Prefect API for the block; yield where its work goes (a scheduler address or a cluster class).
 
     A local cluster is started while the Prefect server starts, not after it;
-    ``launch``: that server, already spawned (:func:`_launch_server`).
+    ``launch``: that server, already spawned (:func:`_server_launched`).
     """
     from flows.runner import api_and_local_cluster, ensure_api
 

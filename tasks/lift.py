@@ -326,10 +326,11 @@ def measure_whole(
     ``intensity`` is as :func:`measure` takes it, lazily; it is read whole.
     """
     labels = np.asarray(labels)
-    if intensity is not None and _wants_intensity(params, intensity):
+    wants = _wants_intensity(params, intensity)
+    if wants:
         lazy = intensity_on_label_chunks(_one_block(labels), intensity)
         intensity = np.asarray(lazy.compute(scheduler="synchronous"))
-    part = measure_ops.block_partials(labels, intensity if _wants_intensity(params, intensity) else None, (0,) * labels.ndim)
+    part = measure_ops.block_partials(labels, intensity if wants else None, (0,) * labels.ndim)
     return measure_ops.regionprops_columns(measure_ops.merge_partials([part]), params.properties, labels.ndim)
 
 
