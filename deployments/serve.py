@@ -26,34 +26,31 @@ def scheduled_parameters(spec: PipelineSpec) -> dict[str, Any]:
     return spec.model_dump(mode="json", exclude={"flow"}, exclude_none=True)
 
 
-def build_deployments(spec_path: str | None = None, *, cron: str | None = None, interval: float | None = None):
-    """The deployments to serve: both flows, and a scheduled one for ``spec_path`` if given."""
+def served_flows(spec_path: str | None = None, *, cron: str | None = None, interval: float | None = None):
+    """The flows to serve, each with its deployment's settings: both flows, and a scheduled one for ``spec_path`` if given."""
     from prefect.deployments.runner import EntrypointType
 
     from flows import batch_flow, large_image_flow
 
     # By module path: runs import ``flows.pipeline``, so Dask workers can unpickle what they get.
     common = {"tags": ["haloflow"], "entrypoint_type": EntrypointType.MODULE_PATH}
-    deployments = [
-        large_image_flow.to_deployment(name="large-image", description=DESCRIPTIONS["large-image"], **common),
-        batch_flow.to_deployment(name="batch", description=DESCRIPTIONS["batch"], **common),
+    served = [
+        (large_image_flow, {"name": "large-image", "description": DESCRIPTIONS["large-image"], **common}),
+        (batch_flow, {"name": "batch", "description": DESCRIPTIONS["batch"], **common}),
     ]
     if spec_path is not None:
         spec = load_spec(spec_path)
-        flow = batch_flow if spec.flow == "batch" else large_image_flow
-        deployments.append(
-            flow.to_deployment(
-                name=Path(spec_path).stem,
-                parameters=scheduled_parameters(spec),
-                cron=cron,
-                interval=interval,
-                description=f"{spec.flow} pipeline from {Path(spec_path).name}",
-                **{**common, "tags": ["haloflow", "scheduled"]},
-            )
-        )
+        served.append((batch_flow if spec.flow == "batch" else large_image_flow, {
+            "name": Path(spec_path).stem,
+            "parameters": scheduled_parameters(spec),
+            "cron": cron,
+            "interval": interval,
+            "description": f"{spec.flow} pipeline from {Path(spec_path).name}",
+            **{**common, "tags": ["haloflow", "scheduled"]},
+        }))
     elif cron or interval:
         raise ValueError("--cron and --interval need --spec: the pipeline the schedule runs")
-    return deployments
+    return served
 
 
 def set_data_roots(roots: list[str]) -> list[Path]:
@@ -71,8 +68,30 @@ def set_data_roots(roots: list[str]) -> list[Path]:
 
 def serve(spec_path: str | None = None, *, cron: str | None = None, interval: float | None = None,
           data_roots: list[str] = (), limit: int | None = None) -> None:
-    """Serve the deployments until interrupted."""
-    from prefect import serve as prefect_serve
+    """Serve the deployments until interrupted.
+
+    The flows are given to Prefect's runner as objects (``Runner.add_flow``),
+    so that each run starts from the flow itself, forked from a process that
+    has imported it (:mod:`deployments.forked_runs`), instead of a new
+    ``python -m prefect.engine`` that imports Prefect and the flow by its
+    entrypoint (about 4 s before a run's first step).
+    """
+    import asyncio
+
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    from deployments.forked_runs import forked_flow_runs
 
     set_data_roots(list(data_roots))
-    prefect_serve(*build_deployments(spec_path, cron=cron, interval=interval), limit=limit)
+    served = served_flows(spec_path, cron=cron, interval=interval)
+    runner = Runner(pause_on_shutdown=True, limit=limit)
+    for flow, settings in served:
+        runner.add_flow(flow, **settings)
+    print("haloflow: deployments served: " + ", ".join(f"{flow.name}/{settings['name']}" for flow, settings in served),
+          flush=True)
+    with forked_flow_runs():
+        try:
+            asyncio.run(runner.start())
+        except (KeyboardInterrupt, TerminationSignal):
+            pass

@@ -1,7 +1,7 @@
 """The two Prefect flows, ``large-image`` and ``batch``: they only compose stage tasks."""
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: a served run gets its flow pickled by value, and the
+# parameters' annotations must travel as objects, not as names only this module's globals resolve.
 import time
 from typing import Any
 
