@@ -119,6 +119,8 @@ for _info in (
         halo=lambda p, ndim: halo.gaussian_halo(p.sigma, p.truncate, ndim),
         out_dtype=_gaussian_dtype,
         block_fn=lambda block, p: filters.gaussian(block, p.sigma, truncate=p.truncate, mode=p.mode),
+        inner_fn=lambda block, p, margins: filters.gaussian_inner(block, p.sigma, margins, truncate=p.truncate,
+                                                                  mode=p.mode),
         summary="Gaussian smoothing; float32 out.",
     ),
     OpInfo(

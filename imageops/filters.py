@@ -49,17 +49,56 @@ def gaussian(image, sigma, *, truncate: float = 4.0, mode: str = "nearest") -> n
     >>> out.dtype, out.shape
     (dtype('float32'), (5, 5))
     """
+    return gaussian_inner(image, sigma, ((0, 0),) * np.ndim(image), truncate=truncate, mode=mode)
+
+
+def gaussian_inner(image, sigma, margins, *, truncate: float = 4.0, mode: str = "nearest") -> np.ndarray:
+    """:func:`gaussian` of `image` without its `margins`: ``gaussian(image, ...)[inner]`` bit for bit, on less work.
+
+    The filter is separable, and SciPy smooths the axes one after the other
+    (each line in float64, rounded to the output dtype after each axis).
+    Once an axis is smoothed, its margins are no longer needed by the axes
+    that follow: they are cut there, and the later axes smooth fewer lines.
+    Each kept line is computed from the same values in the same order, so
+    the result is the same to the bit. A block of 128x256x256 with margins
+    of 8 (a sigma-2 halo) costs about 11 % less than smoothing it whole.
+
+    Parameters
+    ----------
+    image : ndarray
+        Image of any dimension, typically a block with its halo.
+    sigma : float or sequence of float
+        Standard deviation of the kernel, per axis or for all axes.
+    margins : sequence of (int, int)
+        Per axis, how many voxels to drop before and after the inner region.
+    truncate, mode
+        As for :func:`gaussian`.
+
+    Examples
+    --------
+    >>> block = np.arange(36, dtype=np.uint16).reshape(6, 6)
+    >>> inner = gaussian_inner(block, 1.0, [(2, 1), (0, 3)])
+    >>> inner.shape, bool((inner == gaussian(block, 1.0)[2:5, 0:3]).all())
+    ((3, 3), True)
+    """
     image = check_array(image)
     check_real(image)
     sigmas = per_axis(sigma, image.ndim, "sigma")
     if any(s < 0 for s in sigmas):
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")
     _check_mode(mode)
+    margins = _check_margins(margins, image.shape)
     work = image if image.dtype == np.float64 else image.astype(np.float32, copy=False)
-    # A float32 copy made here is smoothed in place (SciPy filters each axis's lines through a buffer,
-    # and smooths in place after the first axis anyway): the same values, one block-sized array fewer.
-    output = work if work is not image else None
-    return ndi.gaussian_filter(work, sigmas, mode=mode, truncate=truncate, output=output)
+    # A float32 copy made here is smoothed in place, and so is every later axis's input (SciPy filters each
+    # axis's lines through a buffer, as gaussian_filter itself does): the same values, no more arrays.
+    owned = work is not image
+    for axis, (s, (before, after)) in enumerate(zip(sigmas, margins)):
+        if s > 1e-15:  # as scipy.ndimage.gaussian_filter: an axis of sigma 0 is left as it is
+            work = ndi.gaussian_filter1d(work, s, axis=axis, mode=mode, truncate=truncate,
+                                         output=work if owned else None)
+            owned = True
+        work = work[(slice(None),) * axis + (slice(before, work.shape[axis] - after),)]
+    return work if owned else work.copy()
 
 
 def median(image, size, *, mode: str = "nearest") -> np.ndarray:
@@ -352,6 +391,16 @@ def _check_sizes(size, ndim: int) -> tuple[int, ...]:
     if any(s < 1 or s != int(s) for s in sizes):
         raise ValueError(f"size must be whole numbers >= 1, got {size!r}")
     return tuple(int(s) for s in sizes)
+
+
+def _check_margins(margins, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    pairs = tuple(tuple(int(m) for m in pair) for pair in margins)
+    if len(pairs) != len(shape) or any(len(pair) != 2 for pair in pairs):
+        raise ValueError(f"margins must give (before, after) for each of the image's {len(shape)} axes, got {margins!r}")
+    for n, (before, after) in zip(shape, pairs):
+        if before < 0 or after < 0 or before + after > n:
+            raise ValueError(f"margins {margins!r} do not fit in an image of shape {shape}")
+    return pairs
 
 
 def _check_truncate(truncate: float) -> None:

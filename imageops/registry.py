@@ -38,6 +38,9 @@ class OpInfo:
     halo: Callable[[OpParams, int], tuple[int, ...]]
     out_dtype: Callable[[OpParams, np.dtype], np.dtype]
     block_fn: Callable[..., np.ndarray] | None = None
+    #: ``inner_fn(block, params, margins)``: ``block_fn``'s result without ``margins`` ((before, after) per
+    #: axis), when the op can leave them out as it goes for less work, to the same bits.
+    inner_fn: Callable[..., np.ndarray] | None = None
     summary: str = ""
 
 

@@ -48,6 +48,38 @@ def test_gaussian_refuses_non_arrays():
         hf.gaussian([[1, 2]], 1.0)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(17,), (12, 15), (11, 14, 13)])
+@pytest.mark.parametrize("mode", ["nearest", "reflect", "constant", "wrap"])
+def test_gaussian_inner_is_the_cropped_gaussian_bit_for_bit(dtype, shape, mode):
+    rng = np.random.default_rng(len(shape))
+    image = blobs(shape, seed=3, dtype=dtype)
+    sigma = (1.5, 0.0, 2.0)[: len(shape)] if len(shape) > 1 else 1.5  # an axis of sigma 0 is not smoothed
+    for _ in range(4):
+        margins = [tuple(int(m) for m in rng.integers(0, 4, 2)) for _ in shape]
+        inner = hf.gaussian_inner(image, sigma, margins, mode=mode, truncate=3.0)
+        whole = hf.gaussian(image, sigma, mode=mode, truncate=3.0)
+        np.testing.assert_array_equal(inner, whole[tuple(slice(b, n - a) for (b, a), n in zip(margins, shape))])
+        assert inner.dtype == whole.dtype
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
+def test_gaussian_inner_does_not_mutate_input_nor_return_it(dtype):
+    image = blobs((10, 10), dtype=dtype)
+    before = image.copy()
+    out = hf.gaussian_inner(image, 0.0, [(0, 0), (0, 0)])
+    np.testing.assert_array_equal(image, before)
+    assert not np.shares_memory(out, image)
+    hf.gaussian_inner(image, 2.0, [(1, 2), (0, 3)])
+    np.testing.assert_array_equal(image, before)
+
+
+@pytest.mark.parametrize("margins", [[(0, 0)], [(0, 0), (-1, 0)], [(0, 0), (5, 6)], [(0, 0), (1, 2, 3)]])
+def test_gaussian_inner_refuses_margins_that_do_not_fit(margins):
+    with pytest.raises(ValueError, match="margins"):
+        hf.gaussian_inner(np.zeros((8, 10)), 1.0, margins)
+
+
 def test_median_keeps_dtype_and_equals_scipy():
     image = blobs((15, 12, 9), dtype=np.uint16)
     out = hf.median(image, 3)

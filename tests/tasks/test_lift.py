@@ -28,6 +28,29 @@ def test_gaussian_on_uneven_chunks_equals_whole_image(ndim, sigma, dtype):
     np.testing.assert_allclose(result, reference, rtol=0, atol=1e-5 * np.ptp(reference))
 
 
+@pytest.mark.parametrize(("chunks", "inner_path"), [
+    (((9, 14), (12, 10, 16), (8, 21)), True),  # every chunk at least the halo (8): blocks leave it out themselves
+    (((9, 9, 5), (38,), (29,)), False),  # a chunk of 5: dask rechunks first, then trims
+])
+def test_gaussian_blocks_equal_the_whole_image_bit_for_bit_with_or_without_their_own_halo_cutting(
+        chunks, inner_path, monkeypatch):
+    from imageops import filters as hf
+
+    calls = []
+    inner = hf.gaussian_inner
+    monkeypatch.setattr(hf, "gaussian_inner", lambda *a, **k: calls.append(a[2]) or inner(*a, **k))
+    image = blobs(SHAPES[3], seed=4, dtype=np.uint16)
+    chunked = lift.lift_local(da.from_array(image, chunks=chunks), GaussianParams(sigma=2.0))
+    result = chunked.compute(scheduler="sync")
+    np.testing.assert_array_equal(result, ndi.gaussian_filter(image.astype(np.float32), 2.0, mode="nearest"))
+    # Whole blocks with no margins to cut go through gaussian_inner as well (via gaussian), so look at the margins.
+    cut = [m for m in calls if any(any(pair) for pair in m)]
+    assert bool(cut) == inner_path
+    if inner_path:
+        assert chunked.chunks == chunks and len(calls) == 2 * 3 * 2
+        assert ((8, 0), (8, 8), (8, 0)) in cut and ((0, 8), (0, 8), (0, 8)) in cut
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("size", [2, 3, 5])
 def test_median_on_uneven_chunks_equals_whole_image(ndim, size):
