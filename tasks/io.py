@@ -1640,14 +1640,20 @@ class _ZarrTarget:
 def _read_tiff_region(path: str, region: tuple[slice, ...]) -> np.ndarray:
     """Read one region of a TIFF's first series, opening the file for this read only.
 
-    Contiguous uncompressed data is memory-mapped (tifffile's zarr view would
-    read a whole single-strip page to return a few rows); everything else goes
-    through tifffile's zarr store, which decodes only the strips/tiles touched.
+    Contiguous uncompressed data is read directly: whole rows along the first
+    axis (a whole small image, whole planes) in one read into the result, any
+    other region through a memory map (tifffile's zarr view would read a whole
+    single-strip page to return a few rows). A memory map costs a page fault
+    per 4 KiB touched: 1.4 ms to copy out a 512 x 512 uint16 image in a busy
+    worker, against about 0.3 ms for one read. Everything else goes through
+    tifffile's zarr store, which decodes only the strips/tiles touched.
     """
     with _open_tiff(path) as tif:
         series = tif.series[0].levels[0]
         if series.dataoffset is not None and storage.is_url(path):
             return _read_contiguous_rows(path, tif, series, region)
+        if series.dataoffset is not None and _whole_rows(region, tuple(series.shape)):
+            return _read_local_rows(path, tif, series, region[0] if region else slice(None))
         if series.dataoffset is not None:
             mapped = np.memmap(
                 path,
@@ -1666,6 +1672,30 @@ def _read_tiff_region(path: str, region: tuple[slice, ...]) -> np.ndarray:
             return _native_endian(np.asarray(zarr.open_array(store, mode="r")[region]))
         finally:
             store.close()
+
+
+def _whole_rows(region: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
+    """Whether `region` is a run of whole rows along the first axis: every later axis whole, no step.
+
+    >>> _whole_rows((slice(2, 5), slice(0, 8)), (10, 8)), _whole_rows((slice(2, 5), slice(0, 4)), (10, 8))
+    (True, False)
+    """
+    return (not region or region[0].indices(shape[0])[2] == 1) and all(
+        r.indices(n) == (0, n, 1) for r, n in zip(region[1:], shape[1:]))
+
+
+def _read_local_rows(path: str, tif: tifffile.TiffFile, series: Any, rows: slice) -> np.ndarray:
+    """Rows ``rows`` (step 1) of contiguous uncompressed data in a local file, read straight into the result."""
+    shape = tuple(series.shape)
+    first, stop, _ = rows.indices(shape[0]) if shape else (0, 1, 1)
+    stop = max(first, stop)
+    stored = np.dtype(tif.byteorder + series.dtype.char)
+    out = np.empty((stop - first, *shape[1:]) if shape else (), dtype=stored)
+    handle = tif.filehandle
+    handle.seek(series.dataoffset + first * math.prod(shape[1:]) * stored.itemsize)
+    if handle.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
+        raise InputError(f"TIFF {path} is truncated: rows {first}-{stop - 1} are not all in the file")
+    return out.astype(series.dtype.newbyteorder("="), copy=False)
 
 
 def _read_contiguous_rows(path: str, tif: tifffile.TiffFile, series: Any, region: tuple[slice, ...]) -> np.ndarray:

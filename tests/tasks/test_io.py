@@ -77,6 +77,41 @@ def test_tiff_default_and_uneven_chunks(tmp_path, options):
     np.testing.assert_array_equal(uneven.compute(), expected)
 
 
+@pytest.mark.parametrize(("shape", "dtype", "options"), [
+    ((64, 48), np.uint16, {}),
+    ((7, 40, 30), np.uint16, {}),
+    ((37, 29), np.float32, {"byteorder": ">"}),
+    ((5, 6, 7, 3), np.uint8, {"photometric": "rgb"}),
+])
+def test_contiguous_tiff_regions_equal_tifffile_and_whole_rows_are_read_without_a_memory_map(
+        tmp_path, monkeypatch, shape, dtype, options):
+    data = (np.random.default_rng(1).random(shape) * 200).astype(dtype)
+    path = _write_tiff(tmp_path / "c.tif", data, **options)
+    expected = tifffile.imread(path)
+    full = tuple(slice(0, n) for n in expected.shape)
+    rows = (slice(1, 4), *full[1:])
+    part = (slice(1, 4), slice(2, 5), *full[2:])
+    np.testing.assert_array_equal(io_module._read_tiff_region(path, part), expected[part])  # through a memory map
+
+    def no_memory_map(*args, **kwargs):
+        raise AssertionError("whole rows are read without a memory map")
+
+    monkeypatch.setattr(io_module.np, "memmap", no_memory_map)
+    for region in (full, rows):
+        got = io_module._read_tiff_region(path, region)
+        assert got.dtype == expected.dtype and got.dtype.isnative
+        np.testing.assert_array_equal(got, expected[region])
+
+
+def test_a_contiguous_tiff_cut_short_after_it_was_resolved_names_the_file_when_read(tmp_path):
+    path = _write_tiff(tmp_path / "t.tif", _volume((4, 20, 10)))
+    spec = resolve_input(path)
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) - 500)
+    with pytest.raises(InputError, match=r"t\.tif is truncated"):
+        io_module._read_tiff_region(path, tuple(slice(0, n) for n in spec.shape))
+
+
 def test_tiff_graph_computes_on_worker_processes(tmp_path, client):
     data = _volume((9, 50, 20))
     path = _write_tiff(tmp_path / "v.tif", data, compression="zlib")
