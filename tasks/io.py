@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -1675,11 +1676,15 @@ def _read_tiff_region(path: str, region: tuple[slice, ...]) -> np.ndarray:
 
 
 def _whole_rows(region: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
-    """Whether `region` is a run of whole rows along the first axis: every later axis whole, no step.
+    """Whether `region` is a run of whole rows along the first axis: slices only, every later axis whole, no step.
 
     >>> _whole_rows((slice(2, 5), slice(0, 8)), (10, 8)), _whole_rows((slice(2, 5), slice(0, 4)), (10, 8))
     (True, False)
+    >>> _whole_rows((0, slice(0, 8)), (10, 8))  # an integer index: not rows
+    False
     """
+    if not all(isinstance(r, slice) for r in region) or len(region) != len(shape):
+        return False
     return (not region or region[0].indices(shape[0])[2] == 1) and all(
         r.indices(n) == (0, n, 1) for r, n in zip(region[1:], shape[1:]))
 
@@ -1737,10 +1742,36 @@ def _default_blocks(spec: InputSpec, itemsize: int) -> tuple[int, ...]:
 
 
 def _imread_tiff(spec: InputSpec, chunks: tuple[int, ...] | None) -> da.Array:
-    """Lazy dask array over a single TIFF."""
+    """Lazy dask array over a single TIFF; a TIFF stored in whole rows is offered to :func:`region_source`."""
     source = _TiffSource(spec.paths[0], spec.shape, np.dtype(spec.dtype), _stat_token(spec.paths))
     blocks = chunks or _default_blocks(spec, source.dtype.itemsize)
-    return _from_source(source, blocks, f"read-tiff-{tokenize(source, blocks)}")
+    array = _from_source(source, blocks, f"read-tiff-{tokenize(source, blocks)}")
+    if tuple(spec.native_chunks[1:]) == tuple(spec.shape[1:]):
+        _REGION_SOURCES[array.name] = source
+    return array
+
+
+#: Sources any region of which costs about its own size to read, by the name of the dask array made over
+#: them (:func:`region_source`): TIFFs stored in whole rows along their first axis (contiguous data, strips of
+#: a 2D image).
+_REGION_SOURCES: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+def region_source(image: da.Array) -> Any | None:
+    """What `image` reads its blocks from, if it reads any region at about that region's size; else ``None``.
+
+    A neighbourhood op can then read each block with its halo straight from
+    the file (:func:`tasks.lift.lift_local`), instead of taking the halo
+    from its neighbours' blocks: no block waits in memory for its
+    neighbours. Only for the very array :func:`imread` made over a TIFF
+    whose stored pieces span every axis but the first (contiguous data,
+    strips of a 2D image); a tiled TIFF would decode every neighbouring
+    tile for a halo a few pixels deep.
+
+    >>> region_source(da.zeros((4, 4), chunks=2)) is None
+    True
+    """
+    return _REGION_SOURCES.get(image.name)
 
 
 def _imread_glob(spec: InputSpec, chunks: tuple[int, ...] | None) -> da.Array:

@@ -64,6 +64,7 @@ def lift(
     *,
     axes: ImageAxes | None = None,
     value_range: tuple | None = None,
+    region_source: Any = None,
 ) -> tuple[da.Array, dict[str, Any]]:
     """Any image-producing op on a dask array: the lazy result and what its global phase found.
 
@@ -85,6 +86,9 @@ def lift(
     of its dtype, when they are known (a stored stage records them); a
     global op that needs them (:data:`TAKES_RANGE`) then skips its pass over
     the image to find them. Not used on pieces.
+
+    ``region_source``: what ``image`` reads its blocks from, if any region of
+    it can be read at about its size (:func:`lift_local`). Not used on pieces.
     """
     if params.op == "channel":
         return select_channel(image, params, axes), {}
@@ -92,7 +96,7 @@ def lift(
         return map_pieces(image, axes, partial(lift, params=params, compute=compute))
     family = get_op(params.op).family
     if family in ("pointwise", "neighbourhood"):
-        return lift_local(image, params), {}
+        return lift_local(image, params, region_source=region_source), {}
     from tasks import lift_filters, lift_masks  # noqa: F401  (the op families register their liftings)
 
     if params.op not in GLOBAL_LIFTS:
@@ -182,8 +186,16 @@ def output_axes(params: OpParams, axes: ImageAxes) -> ImageAxes:
     return axes.without_channel() if params.op == "channel" else axes
 
 
-def lift_local(image: da.Array, params: OpParams) -> da.Array:
+def lift_local(image: da.Array, params: OpParams, *, region_source: Any = None) -> da.Array:
     """Run a pointwise or neighbourhood op on every block, with the op's halo.
+
+    ``region_source``: an object ``image`` is read from, ``region_source[region]``
+    being the image's values there, whose any region reads at about its size
+    (:func:`tasks.io.region_source`). Each block then reads itself with its
+    halo from it, in one task of its own (:func:`blocks_with_halos`), rather
+    than taking the halo from its neighbours' blocks: the same values, but a
+    block no longer waits in memory until its neighbours are computed, so a
+    worker holds only the blocks it is computing.
 
     >>> from imageops.catalog import GaussianParams
     >>> x = da.ones((10, 10), chunks=(3, 7), dtype=np.uint16)
@@ -199,6 +211,8 @@ def lift_local(image: da.Array, params: OpParams) -> da.Array:
     meta = np.empty((0,) * image.ndim, dtype=dtype)
     if not any(depth):
         return image.map_blocks(_run_op, params=params, dtype=dtype, meta=meta)
+    if region_source is not None:
+        return blocks_with_halos(region_source, image.chunks, depth, params, meta)
     if info.inner_fn is not None and halo_fits_chunks(image.chunks, depth):
         # The op leaves each block's halo out itself (as it goes, for less work): nothing for dask to trim.
         return image.map_overlap(
@@ -421,6 +435,35 @@ def _checked_connectivity(params: LabelParams, ndim: int) -> int | None:
     if connectivity is not None and connectivity > ndim:
         raise ValueError(f"connectivity must be between 1 and {ndim} for a {ndim}D image, got {connectivity}")
     return connectivity
+
+
+def blocks_with_halos(source: Any, chunks: tuple[tuple[int, ...], ...], depth: tuple[int, ...], params: OpParams,
+                      meta: np.ndarray) -> da.Array:
+    """A local op's result in blocks of `chunks`, each one task reading its block and halo from ``source[region]``.
+
+    The halo is cut at the image's edges, where the op's own ``mode`` extends
+    the image, as ``map_overlap(boundary="none")`` does; chunks thinner than
+    the halo need no rechunking.
+    """
+    shape = tuple(sum(sizes) for sizes in chunks)
+    name = f"{params.op}-with-halos-{dask.base.tokenize(source, chunks, depth, params)}"
+    starts = [np.cumsum((0, *sizes[:-1])) for sizes in chunks]
+    graph = {}
+    for index in np.ndindex(*(len(sizes) for sizes in chunks)):
+        inner = [(int(s[i]), int(s[i]) + sizes[i]) for s, sizes, i in zip(starts, chunks, index)]
+        padded = tuple(slice(max(a - d, 0), min(b + d, n)) for (a, b), d, n in zip(inner, depth, shape))
+        margins = tuple((a - p.start, p.stop - b) for (a, b), p in zip(inner, padded))
+        graph[(name, *index)] = (_run_op_on_region, source, padded, margins, params)
+    return da.Array(graph, name, chunks, meta=meta)
+
+
+def _run_op_on_region(source: Any, padded: tuple[slice, ...], margins: tuple[tuple[int, int], ...],
+                      params: OpParams) -> np.ndarray:
+    """One local op on one block read with its halo from ``source``; the block's own part of the result."""
+    info, block = get_op(params.op), source[padded]
+    if info.inner_fn is not None:
+        return info.inner_fn(block, params, margins)
+    return info.block_fn(block, params)[tuple(slice(b, n - a) for (b, a), n in zip(margins, block.shape))]
 
 
 def halo_fits_chunks(chunks: tuple[tuple[int, ...], ...], depth: tuple[int, ...]) -> bool:

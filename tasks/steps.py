@@ -152,7 +152,8 @@ def open_upstream(upstream: Upstream, chunks=None, compute=cluster_compute) -> t
         return open_lazy(upstream, chunks), {}
     image, found = open_upstream(upstream.upstream, chunks, compute)
     known = recorded_range(upstream.upstream, image.dtype)
-    result, own = lift.lift(image, upstream.params, compute, axes=upstream_axes(upstream.upstream), value_range=known)
+    result, own = lift.lift(image, upstream.params, compute, axes=upstream_axes(upstream.upstream), value_range=known,
+                            region_source=io.region_source(image))
     return hold_one_block(result, compute), {**found, upstream.name: own}
 
 
@@ -221,7 +222,8 @@ def run_image_step(
     if info.family in _MULTI_PASS and not isinstance(upstream, Fused):
         image = hold_one_block(image, compute)  # a batch image: its store read once, not once per pass
     axes = upstream_axes(upstream)
-    result, found = lift.lift(image, params, compute, axes=axes, value_range=recorded_range(upstream, image.dtype))
+    result, found = lift.lift(image, params, compute, axes=axes, value_range=recorded_range(upstream, image.dtype),
+                              region_source=io.region_source(image))
     if fused:
         found = {**found, "fused": fused}
     out_axes = lift.output_axes(params, axes)  # a ``channel`` step drops the channel axis

@@ -103,6 +103,33 @@ def test_contiguous_tiff_regions_equal_tifffile_and_whole_rows_are_read_without_
         np.testing.assert_array_equal(got, expected[region])
 
 
+def test_an_integer_index_into_a_contiguous_tiff_reads_through_the_memory_map(tmp_path):
+    data = _volume((4, 20, 10))
+    path = _write_tiff(tmp_path / "i.tif", data)
+    np.testing.assert_array_equal(io_module._read_tiff_region(path, (2, slice(0, 20), slice(0, 10))), data[2])
+
+
+@pytest.mark.parametrize(("shape", "options", "offered"), [
+    ((4, 48, 32), {}, True),  # contiguous pages
+    ((48, 32), {"compression": "zlib", "rowsperstrip": 8}, True),  # strips of whole rows
+    ((4, 48, 32), {"compression": "zlib", "rowsperstrip": 8}, False),  # strips inside each page: not whole planes
+    ((4, 48, 32), {"tile": (16, 16)}, False),
+], ids=["contiguous pages", "2D strips", "3D strips", "tiles"])
+def test_region_source_is_offered_for_the_array_imread_makes_over_a_tiff_in_whole_rows_only(
+        tmp_path, shape, options, offered):
+    data = _volume(shape)
+    path = _write_tiff(tmp_path / "r.tif", data, **options)
+    image = imread(path, chunks=(2, 16, 16)[-len(shape):])
+    source = io_module.region_source(image)
+    assert (source is not None) == offered
+    if offered:
+        region = (slice(1, 4), slice(5, 30), slice(0, 32))[-len(shape):]
+        np.testing.assert_array_equal(source[region], data[region])
+    assert io_module.region_source(image + 1) is None  # a derived array reads nothing from the file itself
+    zarr.create_array(str(tmp_path / "r.zarr"), data=data, chunks=(2, 16, 16)[-len(shape):])
+    assert io_module.region_source(imread(str(tmp_path / "r.zarr"))) is None
+
+
 def test_a_contiguous_tiff_cut_short_after_it_was_resolved_names_the_file_when_read(tmp_path):
     path = _write_tiff(tmp_path / "t.tif", _volume((4, 20, 10)))
     spec = resolve_input(path)

@@ -51,6 +51,42 @@ def test_gaussian_blocks_equal_the_whole_image_bit_for_bit_with_or_without_their
         assert ((8, 0), (8, 8), (8, 0)) in cut and ((0, 8), (0, 8), (0, 8)) in cut
 
 
+class _RecordedReads:
+    """An array-like source that records every region read from it."""
+
+    def __init__(self, array):
+        self.array, self.reads = array, []
+
+    def __getitem__(self, region):
+        self.reads.append(region)
+        return self.array[region]
+
+
+@pytest.mark.parametrize("params", [GaussianParams(sigma=2.0), MedianParams(size=5)], ids=["gaussian", "median"])
+@pytest.mark.parametrize("chunks", [((9, 14), (12, 10, 16), (8, 21)), ((5, 9, 9), (38,), (3, 26))],
+                         ids=["halo-deep chunks", "chunks thinner than the halo"])
+def test_blocks_reading_their_own_halo_from_the_source_equal_the_whole_image_and_depend_on_nothing(params, chunks):
+    image = blobs(SHAPES[3], seed=6, dtype=np.uint16)
+    source = _RecordedReads(image)
+    result = lift.lift_local(da.from_array(image, chunks=chunks), params, region_source=source)
+    if params.op == "gaussian":
+        expected = ndi.gaussian_filter(image.astype(np.float32), 2.0, mode="nearest")
+    else:
+        expected = ndi.median_filter(image, size=5, mode="nearest")
+    np.testing.assert_array_equal(result.compute(scheduler="sync"), expected)
+    assert result.chunks == chunks
+    assert len(dict(result.__dask_graph__())) == result.npartitions  # one task per block, reading the source itself
+    depth = 8 if params.op == "gaussian" else 2
+    starts = [np.cumsum((0, *sizes[:-1])) for sizes in chunks]
+    expected_reads = {  # each block and its halo, cut at the image's edges, read once
+        tuple((max(int(s[i]) - depth, 0), min(int(s[i]) + sizes[i] + depth, n))
+              for s, sizes, i, n in zip(starts, chunks, index, image.shape))
+        for index in np.ndindex(*result.numblocks)
+    }
+    reads = [tuple((r.start, r.stop) for r in region) for region in source.reads]
+    assert len(reads) == result.npartitions and set(reads) == expected_reads
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("size", [2, 3, 5])
 def test_median_on_uneven_chunks_equals_whole_image(ndim, size):
