@@ -22,6 +22,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 
 #: What the fork server imports once: Prefect's flow engine and the flows.
@@ -60,7 +61,13 @@ def forked_flow_runs(preload: Sequence[str] = PRELOAD) -> Iterator[bool]:
         return
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(preload))
-    multiprocessing.forkserver.ensure_running()  # now, not when the first run is waiting
+    try:
+        multiprocessing.forkserver.ensure_running()  # now, not when the first run is waiting
+    except OSError as error:  # no Unix socket or pipe for it here: runs are spawned as Prefect does it
+        warnings.warn(f"haloflow serve: runs start in new processes, the fork server did not start: {error}",
+                      RuntimeWarning, stacklevel=2)
+        yield False
+        return
     engine.multiprocessing = _ForkserverFirst(context)
     try:
         yield True

@@ -75,3 +75,15 @@ def test_a_served_flow_pickled_into_a_fresh_process_still_validates_its_paramete
     parameters = {"input": "/data/x.tif", "steps": [{"op": "gaussian", "sigma": 1}, {"op": "label"}], "output": "/o"}
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         assert pool.submit(_validated_in_this_process, payload, parameters).result(120) == ["GaussianStep", "LabelStep"]
+
+
+def test_a_fork_server_that_cannot_start_leaves_runs_spawned_with_a_warning(monkeypatch):
+    import multiprocessing.forkserver
+
+    def refuse():
+        raise OSError("no sockets here")
+
+    monkeypatch.setattr(multiprocessing.forkserver, "ensure_running", refuse)
+    with pytest.warns(RuntimeWarning, match="no sockets here"), forked_flow_runs() as forked:
+        assert not forked
+        assert prefect.flow_engine.multiprocessing is multiprocessing
