@@ -1691,13 +1691,10 @@ def _whole_rows(region: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
 
 def _read_local_rows(path: str, tif: tifffile.TiffFile, series: Any, rows: slice) -> np.ndarray:
     """Rows ``rows`` (step 1) of contiguous uncompressed data in a local file, read straight into the result."""
-    shape = tuple(series.shape)
-    first, stop, _ = rows.indices(shape[0]) if shape else (0, 1, 1)
-    stop = max(first, stop)
-    stored = np.dtype(tif.byteorder + series.dtype.char)
-    out = np.empty((stop - first, *shape[1:]) if shape else (), dtype=stored)
+    first, stop, start, stored = _row_span(tif, series, rows)
+    out = np.empty((stop - first, *series.shape[1:]), dtype=stored)
     handle = tif.filehandle
-    handle.seek(series.dataoffset + first * math.prod(shape[1:]) * stored.itemsize)
+    handle.seek(start)
     if handle.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
         raise InputError(f"TIFF {path} is truncated: rows {first}-{stop - 1} are not all in the file")
     return out.astype(series.dtype.newbyteorder("="), copy=False)
@@ -1705,15 +1702,19 @@ def _read_local_rows(path: str, tif: tifffile.TiffFile, series: Any, rows: slice
 
 def _read_contiguous_rows(path: str, tif: tifffile.TiffFile, series: Any, region: tuple[slice, ...]) -> np.ndarray:
     """A region of contiguous uncompressed data in an object store: one ranged read of the rows along the first axis."""
-    shape = tuple(series.shape)
-    rows = region[0].indices(shape[0]) if region else (0, shape[0], 1)
-    first, stop = rows[0], max(rows[0], rows[1])
-    row_bytes = math.prod(shape[1:]) * series.dtype.itemsize
-    start = series.dataoffset + first * row_bytes
-    data = storage.read_bytes(path, start, start + (stop - first) * row_bytes)
-    block = np.frombuffer(data, dtype=np.dtype(tif.byteorder + series.dtype.char)).reshape((stop - first, *shape[1:]))
-    inner = (slice(0, stop - first, rows[2]), *region[1:])
+    rows = region[0] if region else slice(None)
+    first, stop, start, stored = _row_span(tif, series, rows)
+    data = storage.read_bytes(path, start, start + (stop - first) * math.prod(series.shape[1:]) * stored.itemsize)
+    block = np.frombuffer(data, dtype=stored).reshape((stop - first, *series.shape[1:]))
+    inner = (slice(0, stop - first, rows.indices(series.shape[0])[2]), *region[1:])
     return np.array(block[inner], dtype=series.dtype.newbyteorder("="))
+
+
+def _row_span(tif: tifffile.TiffFile, series: Any, rows: slice) -> tuple[int, int, int, np.dtype]:
+    """The first and stop rows `rows` covers along the first axis, the byte where the first starts, the stored dtype."""
+    first, stop, _ = rows.indices(series.shape[0])
+    stored = np.dtype(tif.byteorder + series.dtype.char)
+    return first, max(first, stop), series.dataoffset + first * math.prod(series.shape[1:]) * stored.itemsize, stored
 
 
 @contextmanager

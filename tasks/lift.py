@@ -460,7 +460,12 @@ def blocks_with_halos(source: Any, chunks: tuple[tuple[int, ...], ...], depth: t
 def _run_op_on_region(source: Any, padded: tuple[slice, ...], margins: tuple[tuple[int, int], ...],
                       params: OpParams) -> np.ndarray:
     """One local op on one block read with its halo from ``source``; the block's own part of the result."""
-    info, block = get_op(params.op), source[padded]
+    return _run_op_without_margins(source[padded], params, margins)
+
+
+def _run_op_without_margins(block: np.ndarray, params: OpParams, margins: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """One local op on a block with its halo; the result without ``margins`` (the op leaves them out itself if it can)."""
+    info = get_op(params.op)
     if info.inner_fn is not None:
         return info.inner_fn(block, params, margins)
     return info.block_fn(block, params)[tuple(slice(b, n - a) for (b, a), n in zip(margins, block.shape))]
@@ -487,7 +492,7 @@ def _run_op_inner(block: np.ndarray, params: OpParams, halo: tuple[int, ...], bl
     """One local op on one block with its halo, which the op leaves out itself (none at the image's edges)."""
     where, grid = block_info[0]["chunk-location"], block_info[0]["num-chunks"]
     margins = tuple((d if k > 0 else 0, d if k < n - 1 else 0) for d, k, n in zip(halo, where, grid))
-    return get_op(params.op).inner_fn(block, params, margins)
+    return _run_op_without_margins(block, params, margins)
 
 
 def _label_summary(block: np.ndarray, connectivity: int | None):

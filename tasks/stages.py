@@ -82,12 +82,13 @@ class PerImage(Mapping):
         return ("haloflow-per-image", id(self), len(self._items))
 
 
-STAGE_OPTIONS: dict[str, Any] = {
+#: Retries of a task whose failure may pass (storage or network), and none of one that cannot.
+RETRY_OPTIONS: dict[str, Any] = {
     "retries": 3,
     "retry_delay_seconds": [2, 10, 30],
     "retry_condition_fn": retry_if_transient,
-    "persist_result": True,
 }
+STAGE_OPTIONS: dict[str, Any] = {**RETRY_OPTIONS, "persist_result": True}
 
 
 @task(name="image-stage", task_run_name="{key}", cache_key_fn=image_stage_key, **STAGE_OPTIONS)
@@ -145,8 +146,7 @@ def batch_image_stage(
 HEADERS_ON_CLUSTER_FROM = 256
 
 
-@task(name="batch-headers", task_run_name="{key}", retries=3, retry_delay_seconds=[2, 10, 30],
-      retry_condition_fn=retry_if_transient)
+@task(name="batch-headers", task_run_name="{key}", **RETRY_OPTIONS)
 def batch_headers(paths: Mapping[str, str], key: str = "00_headers") -> dict[str, io.InputSpec | io.InputError]:
     """Every batch image's header read (:func:`tasks.io.resolve_or_error`), in worker tasks of a few images each."""
     work = [partial(io.resolve_or_error, path) for path in paths.values()]
