@@ -12,12 +12,14 @@ from prefect.states import Failed
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
 from flows.cluster import check_workers_reach
+from flows.publishing import ArtifactPublisher
 from flows.record import RunRecord, check_chunks, prepare_output, stage_key
 from flows.runner import make_task_runner, started_here
 from flows.spec import (InputField, PipelineSpec, SpecError, StepChoice, check_data_roots, input_with_axes, kept_steps,
                         spec_paths, step_name)
 from tasks import io, stages, storage
-from tasks.artifacts import artifact_key, publish_failures
+from tasks.artifacts import artifact_key, publish_batch_stage, publish_failures, publish_stage
+from tasks.cluster import compute_on_cluster
 from tasks.reference import fingerprint
 from tasks.steps import ImageFailure, StepResult, fuse, step_fingerprint, stored_root
 from tasks.stages import PerImage, batch_headers, batch_image_stage, batch_table_stage, image_stage, table_stage
@@ -48,29 +50,33 @@ def large_image_flow(
     logger = get_run_logger()
     images: dict[str, Any] = {"input": source}
     upstream: Any = source
-    for number, (step, kept) in enumerate(zip(spec.steps, kept_steps(spec.steps, spec.keep)), start=1):
-        key = stage_key(number, step)
-        artifact = artifact_key("large-image", key)
-        if not kept:  # computed inside the next stage's chunk tasks, never written
-            upstream = fuse(step, upstream, key)
-            record.add_fused(number, step, upstream)
-            continue
-        if step.op == "measure":
-            intensity = measure_intensity(step, images)
-            table = storage.join(out, f"{key}.csv")
-            fresh = not io.table_is_complete(table, step_fingerprint(step, upstream, intensity))
-            stage = table_stage.with_options(**stage_options(results_at, fresh))
-            result = run_stage(stage, step, upstream, table, key, intensity, artifact)
-        else:
-            first_chunks = spec.chunks if stored_root(upstream) is source else None
-            store = storage.join(out, f"{key}.ome.zarr")
-            fresh = not io.is_complete(store, step_fingerprint(step, upstream))
-            stage = image_stage.with_options(**stage_options(results_at, fresh))
-            result = run_stage(stage, step, upstream, store, key, first_chunks, artifact)
-            upstream = result.ref
-            images.setdefault(step_name(step), result.ref)
-        record.add_stage(number, step, result)
-        logger.info("%s: %s in %.1f s %s", key, result.status, result.seconds, result.info or "")
+    compute = flow_compute()
+    with ArtifactPublisher(logger) as publisher:
+        for number, (step, kept) in enumerate(zip(spec.steps, kept_steps(spec.steps, spec.keep)), start=1):
+            key = stage_key(number, step)
+            artifact = artifact_key("large-image", key)
+            if not kept:  # computed inside the next stage's chunk tasks, never written
+                upstream = fuse(step, upstream, key)
+                record.add_fused(number, step, upstream)
+                continue
+            if step.op == "measure":
+                intensity = measure_intensity(step, images)
+                table = storage.join(out, f"{key}.csv")
+                fresh = not io.table_is_complete(table, step_fingerprint(step, upstream, intensity))
+                stage = table_stage.with_options(**stage_options(results_at, fresh))
+                result, task_run = run_stage(stage, step, upstream, table, key, intensity, submitted=publisher.release)
+            else:
+                first_chunks = spec.chunks if stored_root(upstream) is source else None
+                store = storage.join(out, f"{key}.ome.zarr")
+                fresh = not io.is_complete(store, step_fingerprint(step, upstream))
+                stage = image_stage.with_options(**stage_options(results_at, fresh))
+                result, task_run = run_stage(stage, step, upstream, store, key, first_chunks, artifact,
+                                             submitted=publisher.release)
+                upstream = result.ref
+                images.setdefault(step_name(step), result.ref)
+            publisher.publish(artifact, publish_stage, artifact, result, task_run, compute=compute)
+            record.add_stage(number, step, result)
+            logger.info("%s: %s in %.1f s %s", key, result.status, result.seconds, result.info or "")
     return record.finish()
 
 
@@ -107,40 +113,43 @@ def batch_flow(
     logger = get_run_logger()
     images: dict[str, dict[str, Any]] = {"input": dict(sources)}
     upstream: dict[str, Any] = dict(sources)
-    for number, (step, kept) in enumerate(zip(spec.steps, kept_steps(spec.steps, spec.keep)), start=1):
-        key = stage_key(number, step)
-        started = time.perf_counter()
-        if not kept:  # computed, image by image, inside the next kept stage's work, never written
-            upstream = {stem: fuse(step, up, key) for stem, up in upstream.items()}
-            record.add_fused(number, step)
-            continue
-        if step.op == "measure":
-            named = {stem: {n: found[stem] for n, found in images.items() if stem in found} for stem in upstream}
-            intensity = {stem: measure_intensity(step, named[stem]) for stem in upstream} if step.intensity else None
-            stage = batch_table_stage.with_options(**stage_options(results_at, True))
-            result = run_stage(
-                stage, step, PerImage(upstream), storage.join(out, f"{key}.csv"), key,
-                None if intensity is None else PerImage(intensity),
-            )
-            for stem, error in result.info.get("failed", {}).items():
-                failures[stem] = {"step": key, "error": error}
-            record.add_stage(number, step, result, seconds=time.perf_counter() - started)
-        else:
-            stores = {stem: storage.join(out, stem, f"{key}.ome.zarr") for stem in upstream}
-            first_chunks = spec.chunks if all(stored_root(up) is sources[s] for s, up in upstream.items()) else None
-            fresh = not all(io.is_complete(stores[s], step_fingerprint(step, up)) for s, up in upstream.items())
-            stage = batch_image_stage.with_options(**stage_options(results_at, fresh))
-            future = stage.submit(step, PerImage(upstream), PerImage(stores), key, first_chunks, artifact_key("batch", key))
-            results = future.result()
-            if future.state.name == "Cached":
-                results = {stem: replace(r, status="cached") for stem, r in results.items()}
-            for stem, r in results.items():
-                if isinstance(r, ImageFailure):
-                    failures[stem] = {"step": key, "error": r.error}
-            upstream = {stem: r.ref for stem, r in results.items() if not isinstance(r, ImageFailure)}
-            images.setdefault(step_name(step), upstream)
-            record.add_batch_stage(number, step, results, seconds=time.perf_counter() - started)
-        logger.info("%s: %d images in %.1f s", key, len(upstream), time.perf_counter() - started)
+    with ArtifactPublisher(logger) as publisher:
+        for number, (step, kept) in enumerate(zip(spec.steps, kept_steps(spec.steps, spec.keep)), start=1):
+            key = stage_key(number, step)
+            started = time.perf_counter()
+            if not kept:  # computed, image by image, inside the next kept stage's work, never written
+                upstream = {stem: fuse(step, up, key) for stem, up in upstream.items()}
+                record.add_fused(number, step)
+                continue
+            if step.op == "measure":
+                named = {stem: {n: found[stem] for n, found in images.items() if stem in found} for stem in upstream}
+                intensity = {stem: measure_intensity(step, named[stem]) for stem in upstream} if step.intensity else None
+                stage = batch_table_stage.with_options(**stage_options(results_at, True))
+                result, _ = run_stage(
+                    stage, step, PerImage(upstream), storage.join(out, f"{key}.csv"), key,
+                    None if intensity is None else PerImage(intensity), submitted=publisher.release,
+                )
+                for stem, error in result.info.get("failed", {}).items():
+                    failures[stem] = {"step": key, "error": error}
+                record.add_stage(number, step, result, seconds=time.perf_counter() - started)
+            else:
+                stores = {stem: storage.join(out, stem, f"{key}.ome.zarr") for stem in upstream}
+                first_chunks = spec.chunks if all(stored_root(up) is sources[s] for s, up in upstream.items()) else None
+                fresh = not all(io.is_complete(stores[s], step_fingerprint(step, up)) for s, up in upstream.items())
+                stage = batch_image_stage.with_options(**stage_options(results_at, fresh))
+                future = stage.submit(step, PerImage(upstream), PerImage(stores), key, first_chunks)
+                publisher.release()
+                results = future.result()
+                if future.state.name == "Cached":
+                    results = {stem: replace(r, status="cached") for stem, r in results.items()}
+                publisher.publish(key, publish_batch_stage, artifact_key("batch", key), results, future.task_run_id)
+                for stem, r in results.items():
+                    if isinstance(r, ImageFailure):
+                        failures[stem] = {"step": key, "error": r.error}
+                upstream = {stem: r.ref for stem, r in results.items() if not isinstance(r, ImageFailure)}
+                images.setdefault(step_name(step), upstream)
+                record.add_batch_stage(number, step, results, seconds=time.perf_counter() - started)
+            logger.info("%s: %d images in %.1f s", key, len(upstream), time.perf_counter() - started)
     if failures:
         publish_failures(artifact_key("batch", "failures"), failures)
         summary = record.finish(failures=failures)
@@ -167,20 +176,40 @@ def check_cluster_reach(spec: PipelineSpec, out: str) -> None:
         check_workers_reach(client, paths, None if storage.is_url(out) else out)
 
 
-def remote_cluster_client():
-    """The flow run's Dask client when its workers may be on other machines; None for a local cluster or no Dask."""
-    import distributed
+def task_runner_client():
+    """The flow run's Dask client (its ``DaskTaskRunner``'s); None when it runs its tasks otherwise."""
     from prefect.context import FlowRunContext
     from prefect_dask import DaskTaskRunner
 
     context = FlowRunContext.get()
     runner = context.task_runner if context is not None else None
-    if not isinstance(runner, DaskTaskRunner):
-        return None
-    client = runner.client
-    if isinstance(client.cluster, distributed.LocalCluster) or started_here(client.scheduler.address):
+    return runner.client if isinstance(runner, DaskTaskRunner) else None
+
+
+def remote_cluster_client():
+    """The flow run's Dask client when its workers may be on other machines; None for a local cluster or no Dask."""
+    import distributed
+
+    client = task_runner_client()
+    if client is None or isinstance(client.cluster, distributed.LocalCluster) or started_here(client.scheduler.address):
         return None
     return client
+
+
+def flow_compute():
+    """How the flow computes a small graph (a stage's picture): on its tasks' cluster, else as ``compute_on_cluster``.
+
+    The task runner's client is not Dask's default client, so the flow names it.
+    """
+    client = task_runner_client()
+    if client is None:
+        return compute_on_cluster
+
+    def compute(*collections):
+        results = client.gather(client.compute(list(collections)))
+        return results[0] if len(collections) == 1 else tuple(results)
+
+    return compute
 
 
 def measure_intensity(step, images: dict[str, Any]):
@@ -216,14 +245,19 @@ def result_storage(out: str):
     return block
 
 
-def run_stage(stage, *args) -> StepResult:
-    """Submit a stage, wait for it, and say whether Prefect served it from its cache."""
+def run_stage(stage, *args, submitted=None) -> tuple[StepResult, Any]:
+    """Submit a stage, wait for it, and say whether Prefect served it from its cache; with its task run's id.
+
+    ``submitted()``, if given, is called once the stage is submitted, before waiting for it.
+    """
     started = time.perf_counter()
     future = stage.submit(*args)
+    if submitted is not None:
+        submitted()
     result = future.result()
     if future.state.name == "Cached":
         result = replace(result, status="cached", seconds=time.perf_counter() - started)
-    return result
+    return result, future.task_run_id
 
 
 def image_stems(paths: list[str]) -> dict[str, str]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from uuid import UUID
 
 from prefect.artifacts import (
-    create_link_artifact,
-    create_markdown_artifact,
+    LinkArtifact,
+    MarkdownArtifact,
+    TableArtifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
@@ -43,18 +45,27 @@ class Progress:
             self._last = time.monotonic()
 
 
-def publish_stage(key: str, result: StepResult) -> None:
-    """Table, picture and link artifacts for a stage's result."""
+def publish_stage(key: str, result: StepResult, task_run_id: UUID | None = None, *, compute=compute_on_cluster) -> None:
+    """Table, picture and link artifacts for a stage's result.
+
+    ``task_run_id``: the stage's task run, which the artifacts belong to
+    when they are published from elsewhere (the flow, once the stage has
+    returned); by default, the run this is called in. ``compute``: how the
+    picture's projection is computed (a Dask collection -> its value).
+    """
     ref = result.ref
-    create_table_artifact(summary_rows(result), key=key, description=f"{key}: {result.status} in {result.seconds:.1f} s")
+    owner = {"task_run_id": task_run_id} if task_run_id is not None else {}
+    TableArtifact(table=summary_rows(result), key=key, description=f"{key}: {result.status} in {result.seconds:.1f} s",
+                  **owner).create()
     if isinstance(ref, ArrayRef):
-        plane = compute_on_cluster(preview.projection(ref))
+        plane = compute(preview.projection(ref))
         picture = preview.png_data_uri(preview.enlarge(preview.to_rgb(plane, ref.kind)))
         what = "maximum projection" if ref.ndim > 2 else "image"
-        create_markdown_artifact(f"### {key}\n\n![{key} {what}]({picture})\n", key=f"{key}-picture", description=f"{key}: {what}")
+        MarkdownArtifact(markdown=f"### {key}\n\n![{key} {what}]({picture})\n", key=f"{key}-picture",
+                         description=f"{key}: {what}", **owner).create()
     where = _where(ref)
     link = where if storage.is_url(where) else Path(where).absolute().as_uri()
-    create_link_artifact(link, link_text=where, key=f"{key}-store", description=f"{key}: where the result is")
+    LinkArtifact(link=link, link_text=where, key=f"{key}-store", description=f"{key}: where the result is", **owner).create()
 
 
 def summary_rows(result: StepResult) -> list[dict[str, str]]:
@@ -92,8 +103,11 @@ def _number(value) -> str:
     return "-" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def publish_batch_stage(key: str, results: dict[str, StepResult]) -> None:
-    """One table for a batch stage: each image, whether it was computed or reused, and its store."""
+def publish_batch_stage(key: str, results: dict[str, StepResult], task_run_id: UUID | None = None) -> None:
+    """One table for a batch stage: each image, whether it was computed or reused, and its store.
+
+    ``task_run_id``: as for :func:`publish_stage`.
+    """
     computed = sorted(image for image, r in results.items() if getattr(r, "status", "failed") == "computed")
     rows = [
         {"image": image, "status": r.status, "seconds": f"{r.seconds:.2f}", "store": _where(r.ref)}
@@ -108,7 +122,8 @@ def publish_batch_stage(key: str, results: dict[str, StepResult]) -> None:
     failed = [image for image, r in results.items() if not isinstance(r, StepResult)]
     if failed:
         description += f"; {len(failed)} failed: {', '.join(failed)}"
-    create_table_artifact(rows, key=key, description=description)
+    owner = {"task_run_id": task_run_id} if task_run_id is not None else {}
+    TableArtifact(table=rows, key=key, description=description, **owner).create()
 
 
 def publish_failures(key: str, failures: dict[str, dict[str, str]]) -> None:

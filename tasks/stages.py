@@ -18,7 +18,7 @@ from prefect import task
 
 from imageops.registry import OpParams
 from tasks import faults, io, steps
-from tasks.artifacts import Progress, publish_batch_stage, publish_stage
+from tasks.artifacts import Progress
 from tasks.cluster import cluster_threads
 from tasks.reference import ArrayRef, TableRef, fingerprint
 from tasks.steps import StepResult, Upstream
@@ -95,23 +95,20 @@ STAGE_OPTIONS: dict[str, Any] = {**RETRY_OPTIONS, "persist_result": True}
 def image_stage(
     params: OpParams, upstream: Upstream, store: str, key: str, chunks: list[int] | None = None, artifact: str | None = None
 ) -> StepResult:
-    """Run one image-producing step over chunks on the cluster and write its store."""
+    """Run one image-producing step over chunks on the cluster and write its store.
+
+    ``artifact``: the key of the stage's progress artifact, updated as blocks
+    are written. The flow publishes the stage's other artifacts (table,
+    picture, link) once it has the result, beside the next stage.
+    """
     progress = Progress(artifact, f"{key}: blocks written") if artifact else None
-    result = steps.run_image_step(params, upstream, store, name=key, chunks=chunks, on_progress=progress)
-    if artifact:
-        publish_stage(artifact, result)
-    return result
+    return steps.run_image_step(params, upstream, store, name=key, chunks=chunks, on_progress=progress)
 
 
 @task(name="table-stage", task_run_name="{key}", cache_key_fn=table_stage_key, **STAGE_OPTIONS)
-def table_stage(
-    params: OpParams, labels: ArrayRef, table: str, key: str, intensity: Upstream | None = None, artifact: str | None = None
-) -> StepResult:
+def table_stage(params: OpParams, labels: ArrayRef, table: str, key: str, intensity: Upstream | None = None) -> StepResult:
     """Measure objects over chunks on the cluster and write the table."""
-    result = steps.run_table_step(params, labels, table, intensity=intensity)
-    if artifact:
-        publish_stage(artifact, result)
-    return result
+    return steps.run_table_step(params, labels, table, intensity=intensity)
 
 
 @task(name="batch-image-stage", task_run_name="{key}", cache_key_fn=batch_stage_key, **STAGE_OPTIONS)
@@ -121,7 +118,6 @@ def batch_image_stage(
     stores: dict[str, str],
     key: str,
     chunks: list[int] | None = None,
-    artifact: str | None = None,
 ) -> dict[str, StepResult]:
     """Run one step on every image, in worker tasks of a few images each, whole or in the given chunks."""
     work = [
@@ -134,10 +130,7 @@ def batch_image_stage(
         )
         for image, upstream in upstreams.items()
     ]
-    results = dict(zip(upstreams, run_in_groups(work)))
-    if artifact:
-        publish_batch_stage(artifact, results)
-    return results
+    return dict(zip(upstreams, run_in_groups(work)))
 
 
 #: Fewest batch images whose headers are read on the cluster, a few images per worker task

@@ -78,6 +78,26 @@ def test_each_stage_has_its_table_picture_link_and_progress(finished_run, prefec
     assert measure["rows"] == str(objects)
 
 
+def stage_task_runs(api_url: str, run_id: str) -> dict[str, str]:
+    """The flow run's task runs, by name (the stage key): name -> id."""
+    query = {"task_runs": {"flow_run_id": {"any_": [run_id]}}}
+    response = httpx.post(f"{api_url}/task_runs/filter", json=query)
+    response.raise_for_status()
+    return {run["name"]: run["id"] for run in response.json()}
+
+
+def test_artifacts_published_by_the_flow_belong_to_their_stage_task_run(finished_run, prefect_api_url):
+    """The flow publishes a stage's table, picture and link once the stage returns; they stay the stage's."""
+    _, _, run_id = finished_run
+    task_runs = stage_task_runs(prefect_api_url, run_id)
+    for stage in ("01_gaussian", "02_threshold", "03_label", "04_measure"):
+        key = "large-image-" + stage.replace("_", "-")
+        suffixes = ("", "-store") if stage == "04_measure" else ("", "-picture", "-store", "-progress")
+        for suffix in suffixes:
+            artifact = run_artifact(prefect_api_url, run_id, key + suffix)
+            assert artifact["task_run_id"] == task_runs[stage], f"{key}{suffix} is not {stage}'s"
+
+
 def test_stage_picture_renders_in_the_prefect_ui(finished_run, prefect_api_url, prefect_server, tmp_path):
     if prefect_server is None:
         pytest.skip("the session uses an external Prefect API; its UI is not ours to drive")
