@@ -83,7 +83,7 @@ def test_tiff_default_and_uneven_chunks(tmp_path, options):
     ((37, 29), np.float32, {"byteorder": ">"}),
     ((5, 6, 7, 3), np.uint8, {"photometric": "rgb"}),
 ])
-def test_contiguous_tiff_regions_equal_tifffile_and_whole_rows_are_read_without_a_memory_map(
+def test_contiguous_tiff_regions_equal_tifffile_and_boxes_of_slices_are_read_without_a_memory_map(
         tmp_path, monkeypatch, shape, dtype, options):
     data = (np.random.default_rng(1).random(shape) * 200).astype(dtype)
     path = _write_tiff(tmp_path / "c.tif", data, **options)
@@ -91,16 +91,27 @@ def test_contiguous_tiff_regions_equal_tifffile_and_whole_rows_are_read_without_
     full = tuple(slice(0, n) for n in expected.shape)
     rows = (slice(1, 4), *full[1:])
     part = (slice(1, 4), slice(2, 5), *full[2:])
-    np.testing.assert_array_equal(io_module._read_tiff_region(path, part), expected[part])  # through a memory map
+    box = tuple(slice(min(1, n - 1), max(2, n - 1)) for n in expected.shape)  # cut on every axis: a block with its halo
+    empty = (slice(2, 2), *full[1:])
+    stepped = (slice(0, None, 2), *full[1:])
+    np.testing.assert_array_equal(io_module._read_tiff_region(path, stepped), expected[stepped])  # a memory map
 
     def no_memory_map(*args, **kwargs):
-        raise AssertionError("whole rows are read without a memory map")
+        raise AssertionError("a box of slices is read without a memory map")
 
     monkeypatch.setattr(io_module.np, "memmap", no_memory_map)
-    for region in (full, rows):
+    for region in (full, rows, part, box, empty):
         got = io_module._read_tiff_region(path, region)
         assert got.dtype == expected.dtype and got.dtype.isnative
         np.testing.assert_array_equal(got, expected[region])
+
+
+def test_a_box_cut_short_in_a_contiguous_tiff_names_the_file(tmp_path):
+    path = _write_tiff(tmp_path / "b.tif", _volume((4, 20, 10)))
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) - 500)
+    with pytest.raises(InputError, match=r"b\.tif is truncated: plane 2 rows 5-19"):
+        io_module._read_tiff_region(path, (slice(2, 4), slice(5, 20), slice(2, 8)))
 
 
 def test_an_integer_index_into_a_contiguous_tiff_reads_through_the_memory_map(tmp_path):
