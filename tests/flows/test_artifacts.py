@@ -78,6 +78,23 @@ def test_each_stage_has_its_table_picture_link_and_progress(finished_run, prefec
     assert measure["rows"] == str(objects)
 
 
+def test_a_run_served_from_its_stores_still_gets_each_stages_artifacts(finished_run, prefect_api_url, dask_cluster):
+    """A second run over the same output reuses every stage; the flow still publishes their tables and pictures."""
+    from flows import large_image_flow
+    from flows.runner import make_task_runner
+
+    out = finished_run[0]
+    flow = large_image_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))
+    state = flow(input=str(out.parent / "v.tif"), steps=STEPS, output=str(out), chunks=[8, 32, 24], return_state=True)
+    again = str(state.state_details.flow_run_id)
+    assert [stage["status"] for stage in state.result()["stages"]] == ["cached"] * 4
+    task_runs = stage_task_runs(prefect_api_url, again)
+    label = run_artifact(prefect_api_url, again, "large-image-03-label")
+    assert table_fields(label)["status"] == "cached" and label["task_run_id"] == task_runs["03_label"]
+    picture = run_artifact(prefect_api_url, again, "large-image-03-label-picture")
+    assert "data:image/png;base64," in picture["data"]
+
+
 def stage_task_runs(api_url: str, run_id: str) -> dict[str, str]:
     """The flow run's task runs, by name (the stage key): name -> id."""
     query = {"task_runs": {"flow_run_id": {"any_": [run_id]}}}
