@@ -51,7 +51,7 @@ def batch_stage_key(context, parameters: dict[str, Any]) -> str:
 
 
 class PerImage(Mapping):
-    """A batch stage's per-image parameter (image name -> reference or path), read-only, opaque to Prefect.
+    """A batch stage's per-image parameter or record (image name -> reference, path or entry), read-only, opaque to Prefect.
 
     Prefect walks every task parameter that is a dict, list or dataclass for
     futures (twice per submit), and Dask tokenizes each to name the submitted

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from prefect.utilities.collections import visit_collection
 
-from flows.record import ImageEntries, RunRecord, record_json
+from flows.record import RunRecord, record_json
+from tasks.stages import PerImage
 
 
 def batch_record(n_images: int) -> dict:
@@ -47,7 +48,7 @@ def test_a_finished_batch_record_hands_prefect_one_object_per_stage(tmp_path):
     record = RunRecord(str(tmp_path / "run.json"), batch_record(50))
     result = record.finish()
     images = result["stages"][0]["images"]
-    assert isinstance(images, ImageEntries) and not isinstance(images, dict)
+    assert isinstance(images, PerImage) and not isinstance(images, dict)
     assert len(images) == 50 and images["img_007"]["status"] == "computed" and "img_049" in set(images)
     assert result["stages"][2]["images"] == {}
     visited = []
