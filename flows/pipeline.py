@@ -3,9 +3,10 @@
 # No ``from __future__ import annotations`` here: a served run gets its flow pickled by value, and the
 # parameters' annotations must travel as objects, not as names only this module's globals resolve.
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
-
-from dataclasses import replace
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed
@@ -52,31 +53,29 @@ def large_image_flow(
     upstream: Any = source
     compute = flow_compute()
     with ArtifactPublisher(logger) as publisher:
+        chain = StageChain(record, logger, partial(publish_now, publisher, compute=compute))
         for number, (step, kept) in enumerate(zip(spec.steps, kept_steps(spec.steps, spec.keep)), start=1):
             key = stage_key(number, step)
             artifact = artifact_key("large-image", key)
             if not kept:  # computed inside the next stage's chunk tasks, never written
-                upstream = fuse(step, upstream, key)
+                upstream = fuse(step, chain.finish_all(upstream), key)
                 record.add_fused(number, step, upstream)
                 continue
             if step.op == "measure":
                 intensity = measure_intensity(step, images)
                 table = storage.join(out, f"{key}.csv")
-                fresh = not io.table_is_complete(table, step_fingerprint(step, upstream, intensity))
-                stage = table_stage.with_options(**stage_options(results_at, fresh))
-                result, task_run = run_stage(stage, step, upstream, table, key, intensity, submitted=publisher.release)
+                output = step_fingerprint(step, chain.planned(upstream), chain.planned(intensity))
+                stage = table_stage.with_options(**stage_options(results_at, not io.table_is_complete(table, output)))
+                chain.submit(number, step, artifact, output, stage, step, upstream, table, key, intensity)
             else:
                 first_chunks = spec.chunks if stored_root(upstream) is source else None
                 store = storage.join(out, f"{key}.ome.zarr")
-                fresh = not io.is_complete(store, step_fingerprint(step, upstream))
-                stage = image_stage.with_options(**stage_options(results_at, fresh))
-                result, task_run = run_stage(stage, step, upstream, store, key, first_chunks, artifact,
-                                             submitted=publisher.release)
-                upstream = result.ref
-                images.setdefault(step_name(step), result.ref)
-            publisher.publish(artifact, publish_stage, artifact, result, task_run, compute=compute)
-            record.add_stage(number, step, result)
-            logger.info("%s: %s in %.1f s %s", key, result.status, result.seconds, result.info or "")
+                output = step_fingerprint(step, chain.planned(upstream))
+                stage = image_stage.with_options(**stage_options(results_at, not io.is_complete(store, output)))
+                upstream = chain.submit(number, step, artifact, output, stage, step, upstream, store, key, first_chunks,
+                                        artifact)
+                images.setdefault(step_name(step), upstream)
+        chain.finish_all()
     return record.finish()
 
 
@@ -243,6 +242,68 @@ def result_storage(out: str):
     block = RemoteFileSystem(basepath=basepath) if storage.is_url(basepath) else LocalFileSystem(basepath=basepath)
     block.save(name, overwrite=True)
     return block
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A stage's output before the stage has run: its fingerprint, for the checks made when it is submitted."""
+
+    fingerprint: str
+
+
+class StageChain:
+    """The large image's stages, each submitted before the one it reads has finished, then seen through in order.
+
+    A stage is handed the future of the stage it reads: Dask starts it as
+    soon as that one's task ends, without a round trip through the flow
+    (0.2-0.3 s a stage). The flow takes the results in order as they come,
+    recording and publishing each while the next stage runs. A stage whose
+    input failed ends ``NotReady`` and writes nothing; the failure is raised
+    from the stage that failed.
+    """
+
+    def __init__(self, record: RunRecord, logger, publish: Callable[[str, StepResult, Any], None]) -> None:
+        self.record, self.logger, self.publish = record, logger, publish
+        self.pending: list[tuple[int, Any, str, Any]] = []
+        self.outputs: dict[int, str] = {}  # id(future) -> its stage's output fingerprint
+        self.last_done = time.perf_counter()
+
+    def submit(self, number: int, step, artifact: str, output: str, stage, *args) -> Any:
+        """Submit ``stage(*args)``, whose output's fingerprint is ``output``; its future, for the stages that read it."""
+        future = stage.submit(*args)
+        self.pending.append((number, step, artifact, future))
+        self.outputs[id(future)] = output
+        return future
+
+    def planned(self, upstream: Any) -> Any:
+        """``upstream`` for fingerprints: a submitted stage's future stands for its output (also inside a list)."""
+        if isinstance(upstream, list):
+            return [self.planned(item) for item in upstream]
+        known = self.outputs.get(id(upstream))
+        return upstream if known is None else Planned(known)
+
+    def finish_all(self, upstream: Any = None) -> Any:
+        """Wait for every stage submitted, in order; ``upstream``'s value if it is one of their futures."""
+        while self.pending:
+            number, step, artifact, future = self.pending.pop(0)
+            result = future.result()
+            now = time.perf_counter()
+            if future.state.name == "Cached":
+                result = replace(result, status="cached", seconds=now - self.last_done)
+            self.last_done = now
+            self.publish(artifact, result, future.task_run_id)
+            self.record.add_stage(number, step, result)
+            self.logger.info("%s: %s in %.1f s %s", stage_key(number, step), result.status, result.seconds,
+                             result.info or "")
+            if upstream is future:
+                upstream = result.ref
+        return upstream
+
+
+def publish_now(publisher: ArtifactPublisher, key: str, result: StepResult, task_run: Any, compute) -> None:
+    """A stage's artifacts, made in the background at once (every stage is already submitted)."""
+    publisher.publish(key, publish_stage, key, result, task_run, compute=compute)
+    publisher.release()
 
 
 def run_stage(stage, *args, submitted=None) -> tuple[StepResult, Any]:

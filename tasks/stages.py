@@ -93,22 +93,32 @@ STAGE_OPTIONS: dict[str, Any] = {**RETRY_OPTIONS, "persist_result": True}
 
 @task(name="image-stage", task_run_name="{key}", cache_key_fn=image_stage_key, **STAGE_OPTIONS)
 def image_stage(
-    params: OpParams, upstream: Upstream, store: str, key: str, chunks: list[int] | None = None, artifact: str | None = None
+    params: OpParams, upstream: Upstream | StepResult, store: str, key: str, chunks: list[int] | None = None,
+    artifact: str | None = None,
 ) -> StepResult:
     """Run one image-producing step over chunks on the cluster and write its store.
 
+    ``upstream``: what the step reads, or the result of the stage that wrote
+    it (the flow submits a stage before the one it reads has finished).
     ``artifact``: the key of the stage's progress artifact, updated as blocks
     are written. The flow publishes the stage's other artifacts (table,
     picture, link) once it has the result, beside the next stage.
     """
     progress = Progress(artifact, f"{key}: blocks written") if artifact else None
-    return steps.run_image_step(params, upstream, store, name=key, chunks=chunks, on_progress=progress)
+    return steps.run_image_step(params, steps.written(upstream), store, name=key, chunks=chunks, on_progress=progress)
 
 
 @task(name="table-stage", task_run_name="{key}", cache_key_fn=table_stage_key, **STAGE_OPTIONS)
-def table_stage(params: OpParams, labels: ArrayRef, table: str, key: str, intensity: Upstream | None = None) -> StepResult:
-    """Measure objects over chunks on the cluster and write the table."""
-    return steps.run_table_step(params, labels, table, intensity=intensity)
+def table_stage(
+    params: OpParams, labels: ArrayRef | StepResult, table: str, key: str,
+    intensity: Upstream | StepResult | list[Upstream | StepResult] | None = None,
+) -> StepResult:
+    """Measure objects over chunks on the cluster and write the table (inputs given as for :func:`image_stage`)."""
+    if isinstance(intensity, (list, tuple)):
+        intensity = [steps.written(image) for image in intensity]
+    elif intensity is not None:
+        intensity = steps.written(intensity)
+    return steps.run_table_step(params, steps.written(labels), table, intensity=intensity)
 
 
 @task(name="batch-image-stage", task_run_name="{key}", cache_key_fn=batch_stage_key, **STAGE_OPTIONS)

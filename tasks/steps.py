@@ -76,6 +76,11 @@ class StepResult:
     status: str = "computed"
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def fingerprint(self) -> str:
+        """Its output's fingerprint: a later step may name the result itself as what it reads."""
+        return self.ref.fingerprint
+
     def to_dict(self) -> dict[str, Any]:
         kind = "table" if isinstance(self.ref, TableRef) else "array"
         return {"kind": kind, "ref": self.ref.to_dict(), "seconds": self.seconds, "status": self.status, "info": self.info}
@@ -115,8 +120,19 @@ def cluster_compute(*collections):
 local_compute = partial(dask.compute, scheduler="synchronous")
 
 
-def upstream_fingerprint(upstream: Upstream) -> str:
-    return upstream.fingerprint if isinstance(upstream, (ArrayRef, Fused)) else upstream.fingerprint()
+def upstream_fingerprint(upstream: Upstream | StepResult) -> str:
+    """The fingerprint of what a step reads (a source image computes its own from its files)."""
+    found = upstream.fingerprint
+    return found() if callable(found) else found
+
+
+def written(upstream: Upstream | StepResult) -> Upstream:
+    """What a step reads, given either it or the result of the stage that wrote it.
+
+    A stage submitted before the one it reads has finished is handed that
+    stage's result once it has one (a Prefect future's value), not its store.
+    """
+    return upstream.ref if isinstance(upstream, StepResult) else upstream
 
 
 def step_fingerprint(
