@@ -10,7 +10,7 @@ volume runs in a fresh process beside it (``reference.py skimage``).
 Per served run it reports:
 
 * wall: from the ``create_flow_run`` call to the flow run's end (the
-  runner's poll for new runs, ``--poll`` seconds, included);
+  runner's interval between queries for new runs included);
 * the flow run's own time (its start to end, by the Prefect server), the
   stages' seconds (``run.json``) and the rest, which is Prefect's and the
   cluster's share: flow-run process start, task orchestration (the runs
@@ -140,13 +140,15 @@ def served_run(api: str, deployment: dict, parameters: dict, serve_pid: int, int
             "peak_rss": sampler.peak_rss, "cpu": sampler.cpu_seconds()}
 
 
-def start_serving(work: Path, poll: float) -> tuple[subprocess.Popen, str, object]:
+def start_serving(work: Path, poll: int | None) -> tuple[subprocess.Popen, str, object]:
     """A local Prefect server, then ``haloflow serve`` against it; both up before anything is measured."""
     from flows.runner import start_local_server
 
     server = start_local_server(home=work / "prefect-home", seed_database=True)
-    env = {**os.environ, "PREFECT_API_URL": server.api_url, "PREFECT_RUNNER_POLL_FREQUENCY": str(poll),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_API_URL": server.api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_RUNNER_POLL_FREQUENCY", None)
+    if poll is not None:  # otherwise haloflow serve's own interval (deployments.serve.QUERY_SECONDS)
+        env["PREFECT_RUNNER_POLL_FREQUENCY"] = str(poll)
     env.pop("HALOFLOW_CLUSTER", None)
     log = (work / "serve.log").open("wb")
     serve = subprocess.Popen([shutil.which("haloflow") or "haloflow", "serve"], env=env, cwd=work, stdout=log,
@@ -160,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--runs", type=int, default=2, help="measured served runs (default 2); one warm-up first")
-    parser.add_argument("--poll", type=float, default=1.0,
-                        help="PREFECT_RUNNER_POLL_FREQUENCY of the serve process, seconds (default 1; Prefect's is 10)")
+    parser.add_argument("--poll", type=int, default=None,
+                        help="PREFECT_RUNNER_POLL_FREQUENCY of the serve process, whole seconds (default: none set, "
+                             "so haloflow serve's runner queries every deployments.serve.QUERY_SECONDS)")
     parser.add_argument("--interval-ms", type=float, default=100.0)
     parser.add_argument("--quiet-wait", type=float, default=30.0)
     parser.add_argument("--markdown", type=Path, default=None)
@@ -210,13 +213,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def poll_seconds(poll: int | None) -> float:
+    """The served runner's interval between queries for new runs."""
+    from deployments.serve import QUERY_SECONDS
+
+    return QUERY_SECONDS if poll is None else float(poll)
+
+
 def build_report(runs: list[dict], sk, table: str, shape, args, command: str, date: str) -> str:
     wall, flow_run, stages = (med([r[k] for r in runs]) for k in ("wall", "flow_run", "stages"))
     rest = wall - stages
     lines = [f"Run on {date} with:\n\n```bash\n{command}\n```\n",
              f"Volume {'x'.join(map(str, shape))} uint16 (`benchmarks/volume.py`), the pipeline of `pipeline.py`, "
              f"haloflow's default chunks. A local Prefect server and `haloflow serve` (both flows as deployments; its "
-             f"runner polls for new runs every {args.poll:g} s) were up before the runs; each run is one "
+             f"runner queries for new runs every {poll_seconds(args.poll):g} s) were up before the runs; each run is one "
              f"`create_flow_run` call on the `large-image` deployment, as the UI's Run button makes, after one "
              f"unreported warm-up run on a 16x128x128 volume. The runs compute on the local Dask cluster (two workers) "
              f"that `haloflow serve` started and shares between them. Memory: the served process tree (Prefect "

@@ -112,7 +112,39 @@ def task_stream_summary(records: list[dict]) -> dict:
                 moved_mib += part.get("nbytes", 0) / 2**20 if isinstance(part.get("nbytes"), (int, float)) else 0.0
     top = sorted(compute.items(), key=lambda kv: -kv[1])[:12]
     return {"compute_s": {k: [round(v, 2), counts[k]] for k, v in top}, "transfer_s": round(moved_s, 2),
-            "transfers": transfers, "transfer_inputs_mib": round(moved_mib, 1)}
+            "transfers": transfers, "transfer_inputs_mib": round(moved_mib, 1), "idle": idle_gaps(records)}
+
+
+def idle_gaps(records: list[dict], at_least: float = 0.05) -> dict:
+    """Each worker's gaps of at least ``at_least`` s between computations, from the first task's start to the last's end.
+
+    Times are seconds from the first start; a gap names the task prefixes
+    either side of it, to show which phase of a stage left the worker waiting.
+    """
+    spans: dict[str, list[tuple[float, float, str]]] = {}
+    for record in records:
+        prefix = str(record["key"][0] if isinstance(record["key"], tuple) else record["key"]).rsplit("-", 1)[0]
+        for part in record["startstops"]:
+            if part["action"] == "compute":
+                spans.setdefault(record["worker"], []).append((part["start"], part["stop"], prefix))
+    if not spans:
+        return {}
+    first = min(s for runs in spans.values() for s, _, _ in runs)
+    last = max(e for runs in spans.values() for _, e, _ in runs)
+    found = {"window_s": round(last - first, 2)}
+    for worker, runs in sorted(spans.items()):
+        runs.sort()
+        gaps, end, before = [], runs[0][0], "(start)"
+        busy = 0.0
+        for start, stop, prefix in runs:
+            if start - end >= at_least:
+                gaps.append([round(end - first, 2), round(start - end, 2), before, prefix])
+            busy += stop - start
+            end, before = max(end, stop), prefix
+        if last - end >= at_least:
+            gaps.append([round(end - first, 2), round(last - end, 2), before, "(end)"])
+        found[worker.rsplit(":", 1)[-1]] = {"busy_s": round(busy, 2), "gaps": gaps}
+    return found
 
 
 def worker_metrics(client, settle: bool = False) -> dict:

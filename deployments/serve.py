@@ -66,6 +66,17 @@ def set_data_roots(roots: list[str]) -> list[Path]:
     return resolved
 
 
+#: Seconds between the runner's queries for runs to start, unless ``PREFECT_RUNNER_POLL_FREQUENCY`` is set
+#: (Prefect's default is 10 s, and its setting takes whole seconds). A run started from the UI waits half
+#: of it on average before it starts; each query is one small request to the server.
+QUERY_SECONDS = 0.25
+
+
+def query_seconds(environ=os.environ) -> float | None:
+    """The runner's query interval: :data:`QUERY_SECONDS`, or ``None`` (Prefect's setting) when the environment sets one."""
+    return None if environ.get("PREFECT_RUNNER_POLL_FREQUENCY") else QUERY_SECONDS
+
+
 def serve(spec_path: str | None = None, *, cron: str | None = None, interval: float | None = None,
           data_roots: list[str] = (), limit: int | None = None) -> None:
     """Serve the deployments until interrupted.
@@ -85,7 +96,7 @@ def serve(spec_path: str | None = None, *, cron: str | None = None, interval: fl
 
     set_data_roots(list(data_roots))
     served = served_flows(spec_path, cron=cron, interval=interval)
-    runner = Runner(pause_on_shutdown=True, limit=limit)
+    runner = Runner(pause_on_shutdown=True, limit=limit, query_seconds=query_seconds())
     for flow, settings in served:
         runner.add_flow(flow, **settings)
     print("haloflow: deployments served: " + ", ".join(f"{flow.name}/{settings['name']}" for flow, settings in served),

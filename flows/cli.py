@@ -257,9 +257,7 @@ SERVE_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "true",  # for a local server: schedules run
     "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "true",  # and automations made in its UI
-    # A run started from the UI is picked up within a second; Prefect's runner polls every 10 s by default.
-    "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-}
+}  # the runner's query interval: deployments.serve.QUERY_SECONDS
 
 
 def cmd_serve(args) -> int:

@@ -27,7 +27,8 @@ class Served:
     """A ``haloflow serve`` process and the REST calls a UI would make."""
 
     def __init__(self, api: str, args: list[str], cluster: str, cwd: Path):
-        env = {**os.environ, "HALOFLOW_CLUSTER": cluster, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+        env = {key: value for key, value in os.environ.items() if key != "PREFECT_RUNNER_POLL_FREQUENCY"}
+        env["HALOFLOW_CLUSTER"] = cluster  # and the runner queries for runs every QUERY_SECONDS, as served
         self.api = api
         self.log = cwd / "serve.log"
         self.process = subprocess.Popen(

@@ -185,3 +185,29 @@ def test_a_run_cancelled_from_the_ui_stops_its_chunk_tasks_on_the_shared_cluster
     wait_for(settled, 30, "the last running blocks to finish", interval=0)
     assert written() < 64  # the stage did not run to its end
     assert not io.is_complete(out / "01_median.ome.zarr")
+
+
+def test_the_runner_queries_for_runs_every_quarter_second_unless_prefect_is_told_otherwise(monkeypatch):
+    """A run started from the UI waits for the runner's next query; Prefect's setting, when set, is kept."""
+    import prefect.runner
+
+    import deployments.serve as serving
+
+    made = []
+
+    class Runner:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+
+        def add_flow(self, flow, **settings):
+            pass
+
+        async def start(self):
+            pass
+
+    monkeypatch.setattr(prefect.runner, "Runner", Runner)
+    monkeypatch.delenv("PREFECT_RUNNER_POLL_FREQUENCY", raising=False)
+    serving.serve()
+    monkeypatch.setenv("PREFECT_RUNNER_POLL_FREQUENCY", "5")
+    serving.serve()
+    assert [m["query_seconds"] for m in made] == [serving.QUERY_SECONDS, None] and serving.QUERY_SECONDS == 0.25

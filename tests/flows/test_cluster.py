@@ -394,7 +394,7 @@ def test_served_runs_share_one_local_cluster_started_by_serve(monkeypatch):
 
 
 def test_serve_sets_its_defaults_unless_the_environment_has_them(monkeypatch, dask_cluster, capsys):
-    """Runs started from the UI are picked up within a second; a value the user set is kept."""
+    """The server's services that schedules and automations need are on; a value the user set is kept."""
     import contextlib
 
     import deployments.serve
@@ -413,7 +413,8 @@ def test_serve_sets_its_defaults_unless_the_environment_has_them(monkeypatch, da
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "false")  # the user's choice
     assert cli_main(["serve"]) == 0
-    assert seen["PREFECT_RUNNER_POLL_FREQUENCY"] == cli.SERVE_DEFAULTS["PREFECT_RUNNER_POLL_FREQUENCY"] == "1"
+    assert seen["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"] == cli.SERVE_DEFAULTS["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"]
+    assert "PREFECT_RUNNER_POLL_FREQUENCY" not in seen  # the runner's interval is given to it (QUERY_SECONDS)
     assert seen["PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED"] == "false"
     assert seen[CLUSTER_ENV_VAR] == dask_cluster
     assert f"runs go to the Dask cluster at {dask_cluster}" in capsys.readouterr().out
