@@ -298,7 +298,7 @@ def run_whole_image_step(params: OpParams, upstream: Upstream, store: str, *, na
         kind=info.gives, fingerprint=fp, name=name, axes=out_axes.names,
         calibration=_kept_calibration(upstream_calibration(upstream), axes, out_axes),
     )
-    stats = io.write_whole(result, ref)
+    stats = io.write_whole(result, ref, record_blocks=False)  # an unfinished store is made again, not resumed
     blocks = int(np.prod(io.block_grid(ref)))
     found = {**found, "stats": {k: v for k, v in stats.items() if k != "count"}, "blocks": {"total": blocks, "written": blocks, "reused": 0}}
     _seal(ref, upstream, stats, found)

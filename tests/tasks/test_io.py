@@ -430,6 +430,17 @@ def test_write_whole_writes_and_records_every_block_of_the_store(tmp_path):
         io_module.write_whole(data.astype(np.float32), ref)
 
 
+def test_write_whole_without_block_records_writes_the_same_store_and_statistics(tmp_path):
+    data = np.arange(60, dtype=np.uint16).reshape(3, 4, 5)
+    refs = [create_store(tmp_path / f"{name}.zarr", shape=(3, 4, 5), dtype="uint16", chunks=(1, 4, 5), kind="image",
+                         fingerprint="f", name=name) for name in ("recorded", "bare")]
+    assert io_module.write_whole(data, refs[0]) == io_module.write_whole(data, refs[1], record_blocks=False)
+    for ref in refs:
+        np.testing.assert_array_equal(zarr.open_array(ref.store, path="0", mode="r")[...], data)
+    assert io_module.done_blocks(refs[1]) == set() and not (tmp_path / "bare.zarr" / ".haloflow-done").exists()
+    assert len(io_module.done_blocks(refs[0])) == 3
+
+
 def test_open_store_ref_rejects_foreign_store(tmp_path):
     zarr.open_group(str(tmp_path / "foreign.zarr"), mode="w")
     with pytest.raises(ValueError, match="foreign.zarr"):

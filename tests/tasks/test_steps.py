@@ -117,6 +117,7 @@ def test_a_step_on_an_image_held_whole_writes_the_store_the_chunked_step_writes_
         assert whole.status == chunked.status == "computed"
         assert whole.info == chunked.info
         _same_store(whole_store, chunked_store)
+        assert io.done_blocks(whole.ref) == set() and len(io.done_blocks(chunked.ref)) == 1  # made again, not resumed
         whole_up, chunked_up = whole.ref, chunked.ref
     image = blobs((48, 41), seed=5)
     smooth = ndi.gaussian_filter(image.astype(np.float32), 2.0, mode="nearest", truncate=4.0)
