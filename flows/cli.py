@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -341,24 +343,45 @@ def _run(spec, args, cluster, launch=None) -> int:
     # The flow runs here; its stage tasks on Dask workers. The watcher follows the run
     # from its output folder (block markers, run.json) and draws progress and stage lines.
     watcher = RunWatcher(spec, console.progress, console.stage)
-    with tame_logs(console) as logs, _api_and_cluster(cluster, args, launch) as where, _closing(console), watcher:
-        from flows.pipeline import batch_flow, large_image_flow
-        from flows.runner import make_task_runner
+    with tame_logs(console) as logs:  # its settings first: Prefect reads them as it is imported
+        importing = _import_in_background("flows.pipeline")  # 1.3-1.4 s, while the server and the cluster start
+        with _api_and_cluster(cluster, args, launch) as where, _closing(console), watcher:
+            importing.join()
+            from flows.pipeline import batch_flow, large_image_flow
+            from flows.runner import make_task_runner
 
-        flow = batch_flow if spec.flow == "batch" else large_image_flow
-        runner = make_task_runner(cluster=where)
-        logs.attach()
-        state = flow.with_options(task_runner=runner)(
-            input=spec.input, steps=spec.steps, output=spec.output, chunks=spec.chunks,
-            channel_axis=spec.channel_axis, time_axis=spec.time_axis, return_state=True,
-            **({"keep": spec.keep} if spec.keep is not None else {}),
-        )
-        result = state.result(raise_on_failure=False) if state.is_completed() or state.is_failed() else None
+            flow = batch_flow if spec.flow == "batch" else large_image_flow
+            runner = make_task_runner(cluster=where)
+            logs.attach()
+            state = flow.with_options(task_runner=runner)(
+                input=spec.input, steps=spec.steps, output=spec.output, chunks=spec.chunks,
+                channel_axis=spec.channel_axis, time_axis=spec.time_axis, return_state=True,
+                **({"keep": spec.keep} if spec.keep is not None else {}),
+            )
+            result = state.result(raise_on_failure=False) if state.is_completed() or state.is_failed() else None
     seconds = time.perf_counter() - started
     if not state.is_completed():
         return report_failure(state, result, console)
     console.final(final_line(result, seconds))
     return 0
+
+
+def _import_in_background(module: str) -> threading.Thread:
+    """Import ``module`` in a daemon thread (an import that fails is raised again by the caller's own import).
+
+    Importing the flows (Prefect's engine, Dask, zarr) takes over a second;
+    started here, it overlaps the wait for the Prefect server and the cluster.
+    The caller joins the thread, then imports the module itself: Python's
+    import lock makes that import wait for, or reuse, this one.
+    """
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    thread = threading.Thread(target=load, name=f"haloflow-import-{module}", daemon=True)
+    thread.start()
+    return thread
 
 
 @contextlib.contextmanager

@@ -179,3 +179,21 @@ def test_a_batch_poll_looks_at_a_bounded_number_of_unfinished_images(tmp_path, m
         counts.append(watcher._batch_progress(record, 0, "01_gaussian").done)
         assert len(looked_at) <= progress_module.BATCH_LOOKAHEAD
     assert counts == [64, 100, 101, 101]  # the image finished ahead is counted once the poll reaches it
+
+
+def test_the_flows_are_imported_in_the_background_and_a_failed_import_is_left_to_the_caller(tmp_path, monkeypatch):
+    """The run imports its flows while the server and the cluster start; an import that fails is not hidden."""
+    from flows.cli import _import_in_background
+
+    (tmp_path / "slow_flows_module.py").write_text("import time\ntime.sleep(0.2)\nLOADED = True\n")
+    (tmp_path / "broken_flows_module.py").write_text("raise ImportError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    thread = _import_in_background("slow_flows_module")
+    assert thread.daemon and thread.is_alive()  # the caller goes on meanwhile
+    thread.join(timeout=10)
+    assert sys.modules["slow_flows_module"].LOADED
+    _import_in_background("broken_flows_module").join(timeout=10)
+    assert "broken_flows_module" not in sys.modules
+    with pytest.raises(ImportError, match="broken on purpose"):
+        import broken_flows_module  # noqa: F401
+    del sys.modules["slow_flows_module"]
