@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io as _io
 import logging
 import os
@@ -195,5 +196,5 @@ def test_the_flows_are_imported_in_the_background_and_a_failed_import_is_left_to
     _import_in_background("broken_flows_module").join(timeout=10)
     assert "broken_flows_module" not in sys.modules
     with pytest.raises(ImportError, match="broken on purpose"):
-        import broken_flows_module  # noqa: F401
+        importlib.import_module("broken_flows_module")
     del sys.modules["slow_flows_module"]
