@@ -124,6 +124,19 @@ def system_busy() -> float:
     return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
+def flush_writes() -> float:
+    """Write out the file data earlier runs left in the page cache (``sync``); the seconds it took.
+
+    A run that writes gigabytes (a batch's float32 stores, dask-image's zarr
+    stores) leaves them to the kernel to write back; the next run's own
+    writes are then throttled behind them. Each measured run starts without
+    that backlog.
+    """
+    started = time.perf_counter()
+    os.sync()
+    return time.perf_counter() - started
+
+
 def wait_quiet(max_wait: float, threshold: float = 0.1) -> tuple[float, float]:
     """Wait (at most ``max_wait`` s) until the machine is nearly idle over one second.
 
@@ -161,6 +174,7 @@ def run_measured(label: str, argv: list[str], *, env: dict[str, str], cwd: Path,
     marked ``extra["timed_out"]``.
     """
     res = RunResult(label, argv)
+    res.extra["sync_s"] = flush_writes()
     if quiet_wait > 0:
         waited, frac = wait_quiet(quiet_wait)
         res.extra["quiet_wait_s"] = waited
@@ -544,7 +558,8 @@ def sampling_note(interval_ms: float, quiet_wait: float, groups: dict[str, list[
             f"every sample; each process's PSS is read again when its RSS moved by more than "
             f"{PSS_RSS_STEP / 2**20:g} MiB or {PSS_MAX_AGE:g} s after its last read, and in between taken as its "
             f"RSS minus the shared-page discount (RSS − PSS) of that last read. Runs alternate; before each, the "
-            f"script waits (up to {quiet_wait:g} s) for the machine to be idle, since other work may share it: "
+            f"script writes out the file data earlier runs left unwritten (`sync`), then waits (up to "
+            f"{quiet_wait:g} s) for the machine to be idle, since other work may share it: "
             f"the `other load` column is the CPU used meanwhile by everything outside the measured tree and the "
             f"sampler, in cores (this machine has {os.cpu_count()}).")
 

@@ -11,7 +11,10 @@ slab by slab (``volume.py``; kept in the workdir and reused).  Runs:
   (``reference.py skimage``);
 * ``dask-image``: dask-image on the same chunks, Dask's threaded scheduler,
   stages stored to zarr (``reference.py dask-image``), when dask-image is
-  installed (``pip install dask-image``; not a haloflow dependency).
+  installed (``pip install dask-image``; not a haloflow dependency);
+* ``block-once``: plain Dask in memory, each block labelled once, then the
+  labels on block faces merged (``reference.py block-once``), on haloflow's
+  default block shape: the issue's fastest chunked variant.
 
 Each run is measured with ``measure.run_measured`` (wall time; peak memory of
 the whole process tree as the sum of PSS; CPU by process; the machine's other
@@ -60,8 +63,13 @@ HERE = Path(__file__).resolve().parent
 HALOFLOW = "haloflow run (Prefect + Dask, end to end)"
 SKIMAGE = "scikit-image / SciPy (whole volume, one process)"
 DASK_IMAGE = "dask-image (threaded scheduler, stages stored to zarr)"
+BLOCK_ONCE = "plain Dask, each block labelled once, then a face merge (threaded scheduler, in memory)"
 WARM_UP_SHAPE = (16, 128, 128)
 DASK_IMAGE_CHUNKS = (64, 256, 256)
+#: The block-once variant's blocks when haloflow chooses its own: the 128x256x256 it chooses for 1024x1024 planes.
+BLOCK_ONCE_CHUNKS = (128, 256, 256)
+#: Each tool's name in run labels.
+SHORT_NAMES = {HALOFLOW: "haloflow", SKIMAGE: "skimage", DASK_IMAGE: "dask-image", BLOCK_ONCE: "block-once"}
 VERSIONED = ("numpy", "scipy", "scikit-image", "dask", "distributed", "dask-image", "prefect", "prefect-dask",
              "zarr", "tifffile", "psutil", "haloflow")
 
@@ -111,12 +119,13 @@ def haloflow_pipeline(label: str, tiff: Path, work: Path, args) -> RunResult:
 
 
 def reference_pipeline(label: str, how: str, tiff: Path, work: Path, args, timeout: float | None = None) -> RunResult:
-    """``reference.py HOW`` (skimage or dask-image) in a fresh process, measured."""
+    """``reference.py HOW`` (skimage, dask-image or block-once) in a fresh process, measured."""
     out = work / f"out_{_slug(label)}"
     shutil.rmtree(out, ignore_errors=True)
     argv = [sys.executable, str(HERE / "reference.py"), how, str(tiff), str(out)]
-    if how == "dask-image":
-        argv += ["--chunks", *map(str, dask_image_chunks(args))] + (["--workers", str(args.workers)] if args.workers else [])
+    if how in ("dask-image", "block-once"):
+        chunks = dask_image_chunks(args) if how == "dask-image" else block_once_chunks(args)
+        argv += ["--chunks", *map(str, chunks)] + (["--workers", str(args.workers)] if args.workers else [])
     res = run_measured(label, argv, env=dict(os.environ), cwd=work, interval=args.interval_ms / 1e3, log_dir=work,
                        quiet_wait=args.quiet_wait, timeout=timeout)
     info = read_json_line(res)
@@ -136,6 +145,8 @@ def warm_up(work: Path, args) -> list[RunResult]:
             reference_pipeline("skimage warm-up", "skimage", tiny, work, small)]
     if args.dask_image:
         runs.append(reference_pipeline("dask-image warm-up", "dask-image", tiny, work, small))
+    if getattr(args, "block_once", False):
+        runs.append(reference_pipeline("block-once warm-up", "block-once", tiny, work, small))
     for r in runs:
         print(summary_line(r), flush=True)
     return runs
@@ -163,8 +174,9 @@ class Measured:
         return [r for rs in self.groups.values() for r in rs]
 
 
-def measure_shape(shape: tuple[int, ...], work: Path, args, *, with_dask_image: bool) -> Measured:
-    """Run haloflow, scikit-image (and dask-image) ``args.repeat`` times each on a volume of ``shape``."""
+def measure_shape(shape: tuple[int, ...], work: Path, args, *, with_dask_image: bool,
+                  with_block_once: bool = False) -> Measured:
+    """Run haloflow, scikit-image (and dask-image, the block-once variant) ``args.repeat`` times each on ``shape``."""
     tiff, gen_s = cached_volume(work, shape)
     m = Measured(shape, gen_s=gen_s, volume_mib=tiff.stat().st_size / 2**20)
     print(f"volume {shape}: {tiff} ({m.volume_mib:.0f} MiB" + (f", written in {gen_s:.1f} s)" if gen_s else ", reused)"),
@@ -174,7 +186,9 @@ def measure_shape(shape: tuple[int, ...], work: Path, args, *, with_dask_image: 
     if with_dask_image:
         makers[DASK_IMAGE] = lambda lb: reference_pipeline(lb, "dask-image", tiff, work, args,
                                                            timeout=args.dask_image_timeout)
-    short = {HALOFLOW: "haloflow", SKIMAGE: "skimage", DASK_IMAGE: "dask-image"}
+    if with_block_once:
+        makers[BLOCK_ONCE] = lambda lb: reference_pipeline(lb, "block-once", tiff, work, args)
+    short = SHORT_NAMES
     for i in range(args.repeat):
         for what, make in makers.items():
             run = least_disturbed(make, f"{short[what]} {'x'.join(map(str, shape))} #{i + 1}",
@@ -185,10 +199,10 @@ def measure_shape(shape: tuple[int, ...], work: Path, args, *, with_dask_image: 
 
 def load_measured(path: Path) -> list[Measured]:
     """The sizes measured by ``pipeline.py``, from the ``runs.json`` in its workdir (warm-ups left out)."""
-    tools = {"haloflow": HALOFLOW, "skimage": SKIMAGE, "dask-image": DASK_IMAGE}
+    tools = {name: what for what, name in SHORT_NAMES.items()}
     by_shape: dict[tuple[int, ...], Measured] = {}
     for group, run in load_runs(path):
-        m = re.fullmatch(r"(haloflow|skimage|dask-image) (\d+(?:x\d+)+) #\d+(?: retry \d+)?", run.label)
+        m = re.fullmatch(r"(haloflow|skimage|dask-image|block-once) (\d+(?:x\d+)+) #\d+(?: retry \d+)?", run.label)
         if m is None or (group is None and "retry" in run.label):
             continue
         what = group if group in tools.values() else tools[m.group(1)]
@@ -320,12 +334,18 @@ def dask_image_chunks(args) -> list[int]:
     return list(args.chunks or DASK_IMAGE_CHUNKS)
 
 
+def block_once_chunks(args) -> list[int]:
+    """The block-once variant's block shape: ``--chunks``, or :data:`BLOCK_ONCE_CHUNKS`."""
+    return list(args.chunks or BLOCK_ONCE_CHUNKS)
+
+
 def chunks_note(args) -> str:
     """Which chunks each ran on, for the report."""
     if args.chunks:
-        return f"haloflow and dask-image on chunks {args.chunks}"
+        return f"haloflow, dask-image and the block-once variant on chunks {args.chunks}"
     return (f"haloflow on chunks of its own choice (none in the spec: near-cubes of 32 MiB of float32, "
-            f"128x256x256 here), dask-image on {dask_image_chunks(args)}")
+            f"128x256x256 here), dask-image on {dask_image_chunks(args)}"
+            + (f", the block-once variant on {block_once_chunks(args)}" if getattr(args, "block_once", False) else ""))
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, chunks: bool = True) -> None:
@@ -401,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip dask-image (skipped anyway when it is not installed)")
     parser.add_argument("--dask-image-timeout", type=float, default=900.0,
                         help="stop a dask-image run after this many seconds (default 900)")
+    parser.add_argument("--no-block-once", dest="block_once", action="store_false",
+                        help="skip the plain-Dask variant that labels each block once (reference.py block-once)")
     parser.add_argument("--from-runs", type=Path, default=None, metavar="RUNS_JSON",
                         help="run nothing: write the report of an earlier run of --shape from the runs.json in its "
                              "workdir (give the options it ran with, for the report's text)")
@@ -417,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         date = now()
         save_meta(work, command_line(argv), date, args)
         warm = warm_up(work, args)
-        m = measure_shape(tuple(args.shape), work, args, with_dask_image=args.dask_image)
+        m = measure_shape(tuple(args.shape), work, args, with_dask_image=args.dask_image, with_block_once=args.block_once)
         m.warm_ups = warm
         report = build_report(m, args, command_line(argv), date)
         print("\n" + report)

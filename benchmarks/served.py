@@ -5,7 +5,9 @@ up before anything is measured (the situation of a deployment started from
 the UI or a schedule).  Then each measured run is one ``create_flow_run``
 call on the ``large-image`` deployment, as the UI's Run button makes, with
 ``pipeline.py``'s pipeline on the same volume; and scikit-image on the whole
-volume runs in a fresh process beside it (``reference.py skimage``).
+volume runs in a fresh process beside it (``reference.py skimage``), then
+the plain-Dask variant that labels each block once (``reference.py
+block-once``, on 128x256x256 blocks; ``--no-block-once`` skips it).
 
 Per served run it reports:
 
@@ -40,7 +42,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from measure import GIB, compare_tables, med, wait_quiet, write_section
+from measure import GIB, compare_tables, flush_writes, med, wait_quiet, write_section
 from pipeline import footer_lines, now, pipeline_spec, reference_pipeline, workdir
 from volume import cached_volume
 
@@ -165,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", type=int, default=None,
                         help="PREFECT_RUNNER_POLL_FREQUENCY of the serve process, whole seconds (default: none set, "
                              "so haloflow serve's runner queries every deployments.serve.QUERY_SECONDS)")
+    parser.add_argument("--no-block-once", dest="block_once", action="store_false",
+                        help="skip the plain-Dask variant that labels each block once")
     parser.add_argument("--interval-ms", type=float, default=100.0)
     parser.add_argument("--quiet-wait", type=float, default=30.0)
     parser.add_argument("--markdown", type=Path, default=None)
@@ -191,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         warm = served_run(api, deployment, parameters(tiny, work / "served_warm-up"), serve.pid, args.interval)
         print(f"  served warm-up: wall {warm['wall']:.1f} s", flush=True)
         for i in range(1, args.runs + 1):
+            flush_writes()
             wait_quiet(args.quiet_wait)
             run = served_run(api, deployment, parameters(tiff, work / f"served_{i}"), serve.pid, args.interval)
             runs.append(run)
@@ -204,7 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     sk = reference_pipeline("skimage", "skimage", tiff, work, args)
     print(f"  skimage: wall {sk.wall:.1f} s, peak PSS {sk.peak_pss / GIB:.2f} GiB, objects {sk.objects}", flush=True)
     table = compare_tables(work / f"served_{args.runs}" / "04_measure.csv", sk.extra["csv"]) if "csv" in sk.extra else "-"
-    report = build_report(runs, sk, table, shape, args, command, date)
+    once = None
+    if args.block_once:
+        wait_quiet(args.quiet_wait)
+        once = reference_pipeline("block-once", "block-once", tiff, work, args)
+        print(f"  block-once: wall {once.wall:.1f} s, peak PSS {once.peak_pss / GIB:.2f} GiB, objects {once.objects}",
+              flush=True)
+        if "csv" in once.extra and "csv" in sk.extra:
+            table += f"; the block-once variant's against scikit-image's: {compare_tables(once.extra['csv'], sk.extra['csv'])}"
+    report = build_report(runs, sk, table, shape, args, command, date, once)
     print(report)
     if args.markdown:
         write_section(args.markdown, HEADING, report)
@@ -220,7 +233,7 @@ def poll_seconds(poll: int | None) -> float:
     return QUERY_SECONDS if poll is None else float(poll)
 
 
-def build_report(runs: list[dict], sk, table: str, shape, args, command: str, date: str) -> str:
+def build_report(runs: list[dict], sk, table: str, shape, args, command: str, date: str, once=None) -> str:
     wall, flow_run, stages = (med([r[k] for r in runs]) for k in ("wall", "flow_run", "stages"))
     rest = wall - stages
     lines = [f"Run on {date} with:\n\n```bash\n{command}\n```\n",
@@ -232,7 +245,9 @@ def build_report(runs: list[dict], sk, table: str, shape, args, command: str, da
              f"that `haloflow serve` started and shares between them. Memory: the served process tree (Prefect "
              f"server not included: it runs apart; the serve process, its Dask workers and the flow-run process) as "
              f"the sum of RSS every {args.interval_ms:g} ms. "
-             f"scikit-image ran on the whole volume in a fresh process after the served runs.\n",
+             f"scikit-image ran on the whole volume in a fresh process after the served runs"
+             + (", then the block-once variant (`reference.py block-once`: plain Dask, threaded scheduler, in memory, "
+                "each 128x256x256 block labelled once, then a face merge)" if once is not None else "") + ".\n",
              "| run | wall s (create_flow_run → end) | queued s (→ flow run start) | flow run s | stages s | "
              "outside the stages s (share of the wall) | peak memory GiB (RSS sum) | CPU s | objects |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -242,15 +257,21 @@ def build_report(runs: list[dict], sk, table: str, shape, args, command: str, da
                      f"{r['peak_rss'] / GIB:.2f} | {r['cpu']:.1f} | {r['objects']} |")
     lines.append(f"| scikit-image / SciPy, whole volume | {sk.wall:.1f} | – | – | – | – | {sk.peak_rss / GIB:.2f} | "
                  f"{sum(sk.extra.get('cpu_s', {}).values()):.1f} | {sk.objects} |")
+    if once is not None:
+        lines.append(f"| plain Dask, each block labelled once, in memory | {once.wall:.1f} | – | – | – | – | "
+                     f"{once.peak_rss / GIB:.2f} | {sum(once.extra.get('cpu_s', {}).values()):.1f} | {once.objects} |")
     lines += ["",
-              f"Medians of the served runs: wall {wall:.1f} s = {wall / sk.wall:.2f}× scikit-image's {sk.wall:.1f} s; "
+              f"Medians of the served runs: wall {wall:.1f} s = {wall / sk.wall:.2f}× scikit-image's {sk.wall:.1f} s"
+              + (f" and {wall / once.wall:.2f}× the block-once variant's {once.wall:.1f} s" if once is not None else "")
+              + "; "
               f"flow run {flow_run:.1f} s; stages {stages:.1f} s; outside the stages {rest:.1f} s "
               f"({rest / wall:.0%} of the wall: the runner's poll, the flow-run process start, "
               f"Prefect's task orchestration). Per stage (last run): "
               + ", ".join(f"{k} {v:.1f}" for k, v in runs[-1]["per_stage"].items()) + " s.",
               "",
               f"Checks: every served run completed; objects {sorted({r['objects'] for r in runs})}, scikit-image "
-              f"{sk.objects}; the last served run's table against scikit-image's: {table}.",
+              f"{sk.objects}" + (f", block-once {once.objects}" if once is not None else "")
+              + f"; the last served run's table against scikit-image's: {table}.",
               ""]
     lines += footer_lines()
     return "\n".join(lines)
