@@ -265,14 +265,14 @@ class StageChain:
     def __init__(self, record: RunRecord, logger, publish: Callable[[str, StepResult, Any], None]) -> None:
         self.record, self.logger, self.publish = record, logger, publish
         self.pending: list[tuple[int, Any, str, Any]] = []
-        self.outputs: dict[int, str] = {}  # id(future) -> its stage's output fingerprint
+        self.outputs: dict[int, tuple[Any, str]] = {}  # id(future) -> the future (kept: ids stay unique), fingerprint
         self.last_done = time.perf_counter()
 
     def submit(self, number: int, step, artifact: str, output: str, stage, *args) -> Any:
         """Submit ``stage(*args)``, whose output's fingerprint is ``output``; its future, for the stages that read it."""
         future = stage.submit(*args)
         self.pending.append((number, step, artifact, future))
-        self.outputs[id(future)] = output
+        self.outputs[id(future)] = (future, output)
         return future
 
     def planned(self, upstream: Any) -> Any:
@@ -280,7 +280,7 @@ class StageChain:
         if isinstance(upstream, list):
             return [self.planned(item) for item in upstream]
         known = self.outputs.get(id(upstream))
-        return upstream if known is None else Planned(known)
+        return upstream if known is None else Planned(known[1])
 
     def finish_all(self, upstream: Any = None) -> Any:
         """Wait for every stage submitted, in order; ``upstream``'s value if it is one of their futures."""

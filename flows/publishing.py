@@ -16,9 +16,10 @@ class ArtifactPublisher:
     A stage's picture is a projection of its store, computed on the cluster,
     and a PNG: 0.2-0.3 s a stage on a 256x1024x1024 volume, which the next
     stage would otherwise wait for. A publication is held until
-    :meth:`release` (the flow calls it once the next stage is submitted, so
-    that the two do not contend for the interpreter), then made in the
-    background. Each runs in a copy of the context it was asked for in, so
+    :meth:`release` (the batch flow calls it once the next stage is
+    submitted, so that the two do not contend for the interpreter; the
+    large-image flow, whose stages are all submitted first, at once), then
+    made in the background. Each runs in a copy of the context it was asked for in, so
     its artifacts belong to this flow run (and to the task run it names).
     One that fails is logged as a warning and the run goes on: the stage's
     result is complete and recorded whatever its artifacts. Leaving the
