@@ -259,7 +259,7 @@ SERVE_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "true",  # for a local server: schedules run
     "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "true",  # and automations made in its UI
-}  # the runner's query interval: deployments.serve.QUERY_SECONDS
+}
 
 
 def cmd_serve(args) -> int:

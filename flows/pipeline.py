@@ -286,11 +286,8 @@ class StageChain:
         """Wait for every stage submitted, in order; ``upstream``'s value if it is one of their futures."""
         while self.pending:
             number, step, artifact, future = self.pending.pop(0)
-            result = future.result()
-            now = time.perf_counter()
-            if future.state.name == "Cached":
-                result = replace(result, status="cached", seconds=now - self.last_done)
-            self.last_done = now
+            result = stage_result(future, since=self.last_done)
+            self.last_done = time.perf_counter()
             self.publish(artifact, result, future.task_run_id)
             self.record.add_stage(number, step, result)
             self.logger.info("%s: %s in %.1f s %s", stage_key(number, step), result.status, result.seconds,
@@ -315,10 +312,15 @@ def run_stage(stage, *args, submitted=None) -> tuple[StepResult, Any]:
     future = stage.submit(*args)
     if submitted is not None:
         submitted()
+    return stage_result(future, since=started), future.task_run_id
+
+
+def stage_result(future, since: float) -> StepResult:
+    """A submitted stage's result, once it ends; ``cached``, timed from ``since``, when Prefect served it from its cache."""
     result = future.result()
     if future.state.name == "Cached":
-        result = replace(result, status="cached", seconds=time.perf_counter() - started)
-    return result, future.task_run_id
+        result = replace(result, status="cached", seconds=time.perf_counter() - since)
+    return result
 
 
 def image_stems(paths: list[str]) -> dict[str, str]:

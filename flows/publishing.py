@@ -19,8 +19,9 @@ class ArtifactPublisher:
     :meth:`release` (the batch flow calls it once the next stage is
     submitted, so that the two do not contend for the interpreter; the
     large-image flow, whose stages are all submitted first, at once), then
-    made in the background. Each runs in a copy of the context it was asked for in, so
-    its artifacts belong to this flow run (and to the task run it names).
+    made in the background. Each runs in a copy of the context it was asked
+    for in, so its artifacts belong to this flow run (and to the task run it
+    names).
     One that fails is logged as a warning and the run goes on: the stage's
     result is complete and recorded whatever its artifacts. Leaving the
     block, however the flow ends, releases and waits for every publication,
