@@ -849,7 +849,8 @@ class BackgroundCluster:
             _quiet_distributed_logging()
             from distributed import LocalCluster
 
-            cluster = LocalCluster(**self._kwargs)
+            with forked_workers():
+                cluster = LocalCluster(**self._kwargs)
         except BaseException as error:  # handed to the thread that asks for the address
             self._error = error
             return
@@ -875,6 +876,34 @@ class BackgroundCluster:
             _STARTED_HERE.discard(cluster.scheduler_address)
             with contextlib.suppress(Exception):
                 cluster.close()
+
+
+#: What every worker of a local cluster imports (its preload, ``flows.worker_preload``, imports them again
+#: at no cost): imported once in the process the workers are forked from, not once in each worker.
+WORKER_IMPORTS = ("distributed", "prefect.task_engine", "tasks.stages")
+
+
+@contextlib.contextmanager
+def forked_workers() -> Iterator[None]:
+    """Local Dask workers started in the block are forked from a process that has imported :data:`WORKER_IMPORTS`.
+
+    Spawned, each worker imports Prefect's task engine, SciPy, scikit-image
+    and zarr itself (2.3-2.6 CPU s each): on two cores, while the Prefect
+    server and the flow import theirs, that is the longest part of a cold
+    run's start.  Python's ``forkserver`` imports them once, in a server
+    process started at the first worker (with the environment the nanny sets
+    for spawning); each worker is a fork of it, single-threaded at the fork.
+    A worker restarted later, outside the block, is spawned as before.  The
+    worker's own preload still runs in each worker (its malloc and profiler
+    settings) and reads Prefect's settings again from the worker's
+    environment (:func:`flows.worker_preload.refresh_prefect_settings`).
+    """
+    import dask
+    from distributed.utils import get_mp_context
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        get_mp_context().set_forkserver_preload(list(WORKER_IMPORTS))  # ignored once the server runs: the same list
+        yield
 
 
 def started_here(address: str) -> bool:

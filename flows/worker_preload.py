@@ -3,7 +3,10 @@
 A fresh worker process otherwise pays these imports (Prefect's task engine,
 SciPy, scikit-image, zarr) when its first stage task lands on it, one worker
 after the other, while the flow waits; preloaded, the workers import them in
-parallel while the cluster starts.
+parallel while the cluster starts.  A worker of haloflow's own local cluster
+is forked from a process that has imported them already
+(:func:`flows.runner.forked_workers`), so it reads Prefect's settings again
+from its own environment (:func:`refresh_prefect_settings`).
 
 It also gives the worker's memory allocator back the thresholds glibc
 settles on by itself (:func:`tune_malloc`), and turns off the worker's
@@ -53,5 +56,20 @@ def tune_malloc() -> bool:
 #: 64x1024x1024 run's stages on two workers.
 QUIET = {"distributed.worker.profile.enabled": False}
 
+def refresh_prefect_settings() -> None:
+    """Read Prefect's settings again from this worker's environment.
+
+    A worker forked from a process that imported Prefect
+    (:func:`flows.runner.forked_workers`) holds that process's settings,
+    read before the nanny gave the worker its environment (the run's
+    ``PREFECT_API_URL``).  A task run brings its flow's settings with it;
+    this is for everything else in the worker.
+    """
+    from prefect.context import refresh_global_settings_context
+
+    refresh_global_settings_context()
+
+
 tune_malloc()
 dask.config.set(QUIET)
+refresh_prefect_settings()

@@ -225,6 +225,42 @@ def _worker_setting(name: str):
     return os.environ.get(name)
 
 
+def _prefect_api_url():
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url
+
+
+def _worker_origin():
+    import sys
+
+    import dask
+
+    parent = psutil.Process().parent()
+    return (parent.pid, " ".join(parent.cmdline()), "tasks.stages" in sys.modules,
+            dask.config.get("distributed.worker.profile.enabled"), _prefect_api_url())
+
+
+def test_local_cluster_workers_are_forked_from_a_process_that_imported_their_modules():
+    api = "http://127.0.0.1:9/api"  # no server: only read back
+    cluster = runner.BackgroundCluster.start(env={"PREFECT_API_URL": api}, n_workers=2)
+    try:
+        with distributed.Client(cluster.address()) as client:
+            origins = list(client.run(_worker_origin).values())
+    finally:
+        cluster.close()
+    (parent, command), = {origin[:2] for origin in origins}  # both forked from one process ...
+    assert parent != os.getpid() and "multiprocessing.forkserver" in command  # ... the forkserver, not this one
+    assert psutil.Process(parent).parent().pid == os.getpid()
+    for _, _, imported, profiling, api_url in origins:
+        assert imported and profiling is False
+        assert api_url == api  # the worker's own environment, not the forkserver's at its import of Prefect
+    # The forkserver imported the stages' libraries (SciPy's ndimage among them) once, for every worker.
+    assert any("_nd_image" in m.path for m in psutil.Process(parent).memory_maps())
+    import dask
+    assert dask.config.get("distributed.worker.multiprocessing-method") == "spawn"  # only while the cluster starts
+
+
 @pytest.mark.slow
 def test_api_and_local_cluster_gives_workers_the_api_of_the_server_started_meanwhile(monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL")
@@ -238,6 +274,8 @@ def test_api_and_local_cluster_gives_workers_the_api_of_the_server_started_meanw
             # The workers were spawned before the server answered, with the URL it was going to answer on.
             assert set(client.run(_worker_setting, "PREFECT_API_URL").values()) == {url}
             assert set(client.run(_worker_setting, "PREFECT_SERVER_ANALYTICS_ENABLED").values()) == {"false"}
+            # ... and Prefect in the worker, imported before the fork, reads it too.
+            assert set(client.run(_prefect_api_url).values()) == {url}
     assert not runner.started_here(address)
     assert "PREFECT_API_URL" not in os.environ
     with pytest.raises(OSError):
@@ -257,8 +295,10 @@ def test_api_and_local_cluster_leaves_no_worker_behind_when_the_server_fails(mon
             pass  # pragma: no cover - not reached
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
             and p.status() != psutil.STATUS_ZOMBIE
-            # multiprocessing's resource tracker: started by the first spawn, it lives as long as this process
-            and "multiprocessing.resource_tracker" not in " ".join(p.cmdline())]
+            # multiprocessing's resource tracker and the forkserver the workers are forked from (started
+            # by the first worker): each lives as long as this process
+            and not any(helper in " ".join(p.cmdline())
+                        for helper in ("multiprocessing.resource_tracker", "multiprocessing.forkserver"))]
     assert left == [], [p.cmdline() for p in left]
     assert not runner._STARTED_HERE
 
