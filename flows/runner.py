@@ -825,22 +825,27 @@ class BackgroundCluster:
         cluster.close()
     """
 
-    def __init__(self, kwargs: dict[str, Any]) -> None:
+    def __init__(self, kwargs: dict[str, Any], forked: bool = True) -> None:
         import threading
 
         self._kwargs = kwargs
+        self._forked = forked
         self._cluster: Any = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._make, name="haloflow-cluster-start", daemon=True)
 
     @classmethod
-    def start(cls, env: dict[str, str] | None = None, **options: Any) -> BackgroundCluster:
-        """Begin starting a cluster of :func:`local_cluster_kwargs` (``options``), its workers given ``env``."""
+    def start(cls, env: dict[str, str] | None = None, *, forked: bool = True, **options: Any) -> BackgroundCluster:
+        """Begin starting a cluster of :func:`local_cluster_kwargs` (``options``), its workers given ``env``.
+
+        ``forked``: the workers are forked from this process's fork server
+        (:func:`forked_workers`); otherwise spawned, each importing for itself.
+        """
         kwargs = local_cluster_kwargs(**options)
         if env:
             kwargs["env"] = {**kwargs.get("env", {}), **env}
-        started = cls(kwargs)
+        started = cls(kwargs, forked)
         started._thread.start()
         return started
 
@@ -849,7 +854,7 @@ class BackgroundCluster:
             _quiet_distributed_logging()
             from distributed import LocalCluster
 
-            with forked_workers():
+            with forked_workers() if self._forked else contextlib.nullcontext():
                 cluster = LocalCluster(**self._kwargs)
         except BaseException as error:  # handed to the thread that asks for the address
             self._error = error
@@ -893,6 +898,9 @@ def forked_workers() -> Iterator[None]:
     run's start.  Python's ``forkserver`` imports them once, in a server
     process started at the first worker (with the environment the nanny sets
     for spawning); each worker is a fork of it, single-threaded at the fork.
+    A process has one fork server, and the first to start it chooses what it
+    imports: ``haloflow serve`` keeps its own for its flow runs
+    (:mod:`deployments.forked_runs`) and spawns its cluster's workers.
     A worker restarted later, outside the block, is spawned as before.  The
     worker's own preload still runs in each worker (its malloc and profiler
     settings) and reads Prefect's settings again from the worker's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
 from pathlib import Path
 
@@ -15,6 +16,19 @@ from prefect import flow
 from deployments.forked_runs import forked_flow_runs, forkserver_usable
 
 pytestmark = pytest.mark.skipif(not forkserver_usable(), reason="no forkserver start method here")
+
+
+@pytest.fixture(autouse=True)
+def no_fork_server_yet():
+    """Each test starts from a process with no fork server running, as ``haloflow serve`` does.
+
+    A process has one fork server, and what it imports is chosen by the first
+    to start it: in this test process, that may have been a local cluster's
+    workers (``flows.runner.forked_workers``), which do not import the flows.
+    ``_stop`` is the method CPython's own tests stop it with.
+    """
+    multiprocessing.forkserver._forkserver._stop()
+    yield
 
 
 @flow(name="haloflow-test-where-am-i", persist_result=False)

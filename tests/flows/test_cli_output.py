@@ -208,3 +208,21 @@ def test_the_flows_are_imported_in_the_background_and_a_failed_import_is_left_to
     with pytest.raises(ImportError, match="broken on purpose"):
         importlib.import_module("broken_flows_module")
     del sys.modules["slow_flows_module"]
+
+
+def test_the_haloflow_command_returns_mains_code_and_freezes_what_is_left_for_the_exit(monkeypatch):
+    import gc
+    from importlib.metadata import entry_points
+
+    from flows import cli
+
+    (script,) = entry_points(group="console_scripts", name="haloflow")
+    assert script.value == "flows.cli:console"
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda argv=None: seen.append(argv) or 3)
+    before = gc.get_freeze_count()
+    try:
+        assert cli.console(["run", "spec.yaml"]) == 3
+        assert seen == [["run", "spec.yaml"]] and gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()

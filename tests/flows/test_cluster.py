@@ -382,6 +382,8 @@ def test_served_runs_share_one_local_cluster_started_by_serve(monkeypatch):
         with distributed.Client(address) as client:
             (limit,) = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
             assert limit == 2**30
+            # Spawned by this process: its fork server is left to the served flow runs (deployments.forked_runs).
+            assert set(client.run(os.getppid).values()) == {os.getpid()}
             # The task runner of a flow run started now goes to it, not to a cluster of its own.
             assert make_task_runner().address == address
     assert CLUSTER_ENV_VAR not in os.environ
