@@ -21,9 +21,10 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.forkserver
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
+
+from flows.runner import forkserver_usable
 
 #: What the fork server imports once: Prefect's flow engine and the flows.
 PRELOAD = ("prefect.flow_engine", "flows.pipeline")
@@ -40,11 +41,6 @@ class _ForkserverFirst:
 
     def __getattr__(self, name):
         return getattr(multiprocessing, name)
-
-
-def forkserver_usable() -> bool:
-    """Whether runs can be forked here: a POSIX system other than macOS (where forking after imports is unsafe)."""
-    return "forkserver" in multiprocessing.get_all_start_methods() and sys.platform != "darwin"
 
 
 @contextlib.contextmanager

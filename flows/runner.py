@@ -888,6 +888,13 @@ class BackgroundCluster:
 WORKER_IMPORTS = ("distributed", "prefect.task_engine", "tasks.stages")
 
 
+def forkserver_usable() -> bool:
+    """Whether processes can be forked from a fork server here: a POSIX system other than macOS (where forking after imports is unsafe)."""
+    import multiprocessing
+
+    return "forkserver" in multiprocessing.get_all_start_methods() and sys.platform != "darwin"
+
+
 @contextlib.contextmanager
 def forked_workers() -> Iterator[None]:
     """Local Dask workers started in the block are forked from a process that has imported :data:`WORKER_IMPORTS`.
@@ -905,12 +912,17 @@ def forked_workers() -> Iterator[None]:
     worker's own preload still runs in each worker (its malloc and profiler
     settings) and reads Prefect's settings again from the worker's
     environment (:func:`flows.worker_preload.refresh_prefect_settings`).
+    Where there is no usable fork server (:func:`forkserver_usable`), the
+    workers are spawned.
     """
+    if not forkserver_usable():
+        yield
+        return
     import dask
     from distributed.utils import get_mp_context
 
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-        get_mp_context().set_forkserver_preload(list(WORKER_IMPORTS))  # ignored once the server runs: the same list
+        get_mp_context().set_forkserver_preload(list(WORKER_IMPORTS))  # ignored once one runs: its first user chose
         yield
 
 

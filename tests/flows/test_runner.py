@@ -261,6 +261,16 @@ def test_local_cluster_workers_are_forked_from_a_process_that_imported_their_mod
     assert dask.config.get("distributed.worker.multiprocessing-method") == "spawn"  # only while the cluster starts
 
 
+def test_workers_are_spawned_where_no_fork_server_is_usable(monkeypatch):
+    import dask
+
+    with runner.forked_workers():
+        assert dask.config.get("distributed.worker.multiprocessing-method") == "forkserver"
+    monkeypatch.setattr(runner, "forkserver_usable", lambda: False)  # Windows, macOS
+    with runner.forked_workers():
+        assert dask.config.get("distributed.worker.multiprocessing-method") == "spawn"
+
+
 @pytest.mark.slow
 def test_api_and_local_cluster_gives_workers_the_api_of_the_server_started_meanwhile(monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL")
