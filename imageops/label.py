@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 
+import cc3d
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
@@ -18,6 +19,13 @@ from scipy.sparse.csgraph import connected_components
 from ._validation import check_array, check_connectivity
 
 LABEL_DTYPE = np.uint32
+
+#: Where ``cc3d.connected_components`` labels a C-ordered mask value for value as ``scipy.ndimage.label``
+#: does (the same objects, numbered in the same raster order), 6-13 times faster: (ndim, connectivity) ->
+#: cc3d's neighbour count. Not elsewhere: cc3d 4.1 gave background pixels labels with 2-D 8-connectivity,
+#: and failed on some thin 3-D arrays with 26-connectivity. ``tests/imageops/test_label.py`` checks each
+#: entry against SciPy on random masks.
+CC3D_CONNECTIVITY = {(2, 1): 4, (3, 1): 6, (3, 2): 18}
 
 
 def structure(ndim: int, connectivity: int | None = None) -> np.ndarray:
@@ -34,11 +42,20 @@ def structure(ndim: int, connectivity: int | None = None) -> np.ndarray:
 def label_block(mask, connectivity: int | None = None) -> tuple[np.ndarray, int]:
     """Label one block's foreground: labels 1..n in ``uint32``, and n.
 
+    The labels are ``scipy.ndimage.label``'s, numbered in raster order;
+    they are made by cc3d where it gives those same values
+    (:data:`CC3D_CONNECTIVITY`), by SciPy elsewhere.
+
     >>> labels, n = label_block(np.array([[1, 0, 1], [0, 0, 1]], dtype=bool))
     >>> n
     2
     """
     mask = check_array(mask, "mask")
+    neighbours = CC3D_CONNECTIVITY.get((mask.ndim, check_connectivity(connectivity, mask.ndim)))
+    if neighbours is not None and mask.size:
+        foreground = np.ascontiguousarray(mask if mask.dtype == bool else mask != 0)  # cc3d numbers in memory order
+        labels, n = cc3d.connected_components(foreground, connectivity=neighbours, return_N=True, out_dtype=LABEL_DTYPE)
+        return labels, int(n)
     labels = np.empty(mask.shape, dtype=np.int32)
     n = ndi.label(mask, structure=structure(mask.ndim, connectivity), output=labels)
     return labels.view(LABEL_DTYPE), int(n)  # labels are >= 0: the same values, no copy

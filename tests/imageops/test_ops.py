@@ -136,6 +136,42 @@ def test_label_block_equals_skimage(ndim, connectivity):
     np.testing.assert_array_equal(labels, reference)
 
 
+def _random_masks(rng, ndim: int, count: int):
+    """Masks of every shape from 1 to 9 a side and densities, some F-ordered, strided or of integers."""
+    for _ in range(count):
+        shape = tuple(int(n) for n in rng.integers(1, 10, size=ndim))
+        mask = rng.random(shape) < rng.uniform(0.1, 0.9)
+        kind = rng.integers(4)
+        if kind == 1:
+            mask = np.asfortranarray(mask)
+        elif kind == 2:
+            mask = np.repeat(mask, 2, axis=0)[::2]  # a strided view
+        elif kind == 3:
+            mask = mask * rng.integers(1, 200, size=shape).astype(np.uint8)  # any nonzero is foreground
+        yield mask
+
+
+@pytest.mark.parametrize(("ndim", "connectivity"), [(2, 1), (2, 2), (3, 1), (3, 2), (3, 3)])
+def test_label_block_gives_scipys_labels_value_for_value(ndim, connectivity, monkeypatch):
+    """Where cc3d labels (imageops.label.CC3D_CONNECTIVITY), its numbering is SciPy's, on every kind of mask."""
+    calls = []
+    real = hl.cc3d.connected_components
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["connectivity"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hl.cc3d, "connected_components", counted)
+    rng = np.random.default_rng(10 * ndim + connectivity)
+    masks = [*_random_masks(rng, ndim, 400), blobs((40, 60, 50)[:ndim], seed=3, sigma=2.0) > 0.5 * 65535 * 0.9]
+    for mask in masks:
+        labels, n = hl.label_block(mask, connectivity)
+        expected, m = ndi.label(mask, structure=ndi.generate_binary_structure(ndim, connectivity))
+        assert labels.dtype == hl.LABEL_DTYPE and n == m
+        np.testing.assert_array_equal(labels, expected)
+    assert len(calls) == (len(masks) if (ndim, connectivity) in hl.CC3D_CONNECTIVITY else 0)
+
+
 def test_label_refuses_connectivity_above_ndim():
     with pytest.raises(ValueError, match="connectivity must be between 1 and 2"):
         hl.label_block(np.zeros((3, 3), bool), 3)
