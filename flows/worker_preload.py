@@ -56,6 +56,7 @@ def tune_malloc() -> bool:
 #: 64x1024x1024 run's stages on two workers.
 QUIET = {"distributed.worker.profile.enabled": False}
 
+
 def refresh_prefect_settings() -> None:
     """Read Prefect's settings again from this worker's environment.
 

@@ -23,7 +23,7 @@ LABEL_DTYPE = np.uint32
 #: Where ``cc3d.connected_components`` labels a C-ordered mask value for value as ``scipy.ndimage.label``
 #: does (the same objects, numbered in the same raster order), 6-13 times faster: (ndim, connectivity) ->
 #: cc3d's neighbour count. Not elsewhere: cc3d 4.1 gave background pixels labels with 2-D 8-connectivity,
-#: and failed on some thin 3-D arrays with 26-connectivity. ``tests/imageops/test_label.py`` checks each
+#: and failed on some thin 3-D arrays with 26-connectivity. ``tests/imageops/test_ops.py`` checks each
 #: entry against SciPy on random masks.
 CC3D_CONNECTIVITY = {(2, 1): 4, (3, 1): 6, (3, 2): 18}
 
