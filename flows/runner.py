@@ -883,8 +883,8 @@ class BackgroundCluster:
                 cluster.close()
 
 
-#: What every worker of a local cluster imports (its preload, ``flows.worker_preload``, imports them again
-#: at no cost): imported once in the process the workers are forked from, not once in each worker.
+#: What every worker imports before its first task (``flows.worker_preload``); for haloflow's own local
+#: cluster, imported once in the process its workers are forked from, not once in each worker.
 WORKER_IMPORTS = ("distributed", "prefect.task_engine", "tasks.stages")
 
 

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib
 
 import dask
-import prefect.task_engine  # noqa: F401
 
-import tasks.stages  # noqa: F401  (the stage tasks, and through them the ops, SciPy, scikit-image, zarr)
+from flows.runner import WORKER_IMPORTS  # Prefect's task engine, the stage tasks (the ops, SciPy, scikit-image, zarr)
+
+for _module in WORKER_IMPORTS:  # already there in a worker forked from haloflow's fork server
+    importlib.import_module(_module)
 
 #: glibc ``mallopt`` parameters (malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
