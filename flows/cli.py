@@ -348,6 +348,7 @@ def _served_cluster(cluster, args):
 def _run(spec, args, cluster, launch=None) -> int:
     from flows.console import tame_logs
     from flows.progress import RunWatcher
+    from flows.runner import configured_api_url
     from tasks import storage
 
     console = _console(args)
@@ -363,21 +364,23 @@ def _run(spec, args, cluster, launch=None) -> int:
     # The flow runs here; its stage tasks on Dask workers. The watcher follows the run
     # from its output folder (block markers, run.json) and draws progress and stage lines.
     watcher = RunWatcher(spec, console.progress, console.stage)
+    private_server = configured_api_url() is None  # started for this run, stopped with it
     with tame_logs(console) as logs:  # its settings first: Prefect reads them as it is imported
         importing = _import_in_background("flows.pipeline")  # 1.3-1.4 s, while the server and the cluster start
         with _api_and_cluster(cluster, args, launch) as where, _closing(console), watcher:
             importing.join()
             from flows.pipeline import batch_flow, large_image_flow
-            from flows.runner import make_task_runner
+            from flows.runner import make_task_runner, without_flow_heartbeats
 
             flow = batch_flow if spec.flow == "batch" else large_image_flow
             runner = make_task_runner(cluster=where)
             logs.attach()
-            state = flow.with_options(task_runner=runner)(
-                input=spec.input, steps=spec.steps, output=spec.output, chunks=spec.chunks,
-                channel_axis=spec.channel_axis, time_axis=spec.time_axis, return_state=True,
-                **({"keep": spec.keep} if spec.keep is not None else {}),
-            )
+            with without_flow_heartbeats() if private_server else contextlib.nullcontext():
+                state = flow.with_options(task_runner=runner)(
+                    input=spec.input, steps=spec.steps, output=spec.output, chunks=spec.chunks,
+                    channel_axis=spec.channel_axis, time_axis=spec.time_axis, return_state=True,
+                    **({"keep": spec.keep} if spec.keep is not None else {}),
+                )
             result = state.result(raise_on_failure=False) if state.is_completed() or state.is_failed() else None
     seconds = time.perf_counter() - started
     if not state.is_completed():

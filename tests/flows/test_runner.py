@@ -5,12 +5,15 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import socket
 import urllib.request
 
 import distributed
+import numpy as np
 import psutil
 import pytest
+import tifffile
 
 from flows import runner
 from flows.runner import api_and_local_cluster, ensure_api, make_task_runner, start_local_server
@@ -105,9 +108,39 @@ def test_ensure_api_starts_and_stops_a_server(monkeypatch):
         (server,) = [s for s in runner._RUNNING if s.api_url == url]
     assert "PREFECT_API_URL" not in os.environ
     assert server.process.poll() is not None
+    assert server.process.returncode == -signal.SIGKILL  # its database was deleted next: no shutdown to wait for
     assert not server.home.exists()  # temporary PREFECT_HOME removed
     with pytest.raises(OSError):
         _get(f"{url}/health", timeout=2)
+
+
+@pytest.mark.slow
+def test_a_server_on_a_given_home_is_asked_to_shut_down_and_keeps_its_database(tmp_path):
+    server = start_local_server(home=tmp_path, ui=False, seed_database=True)
+    server.stop()
+    assert server.process.returncode != -signal.SIGKILL
+    assert (tmp_path / "prefect.db").is_file()
+
+
+def _heartbeat_threads() -> int:
+    """Prefect's flow-run heartbeat threads now running (each runs ``heartbeat_loop`` in a copied context)."""
+    import threading
+
+    return sum(getattr(a, "__name__", "") == "heartbeat_loop"
+               for t in threading.enumerate() for a in getattr(t, "_args", ()))
+
+
+def test_flow_runs_started_without_heartbeats_start_no_heartbeat_thread(prefect_api_url):
+    from prefect import flow
+
+    @flow
+    def count_heartbeat_threads() -> int:
+        return _heartbeat_threads()
+
+    assert count_heartbeat_threads() == 1  # Prefect's default: one per flow run, joined at its end
+    with runner.without_flow_heartbeats():
+        assert count_heartbeat_threads() == 0
+    assert count_heartbeat_threads() == 1
 
 
 def test_server_environment_turns_off_what_a_run_server_does_not_use(tmp_path):
@@ -217,6 +250,31 @@ def test_run_with_bad_input_stops_the_server_it_launched(monkeypatch, tmp_path, 
     assert spawned.server is None and server.process.poll() is not None and server not in runner._RUNNING
     assert not spawned.home.exists()
     assert "PREFECT_API_URL" not in os.environ
+
+
+@pytest.mark.slow
+def test_haloflow_run_sends_flow_heartbeats_only_to_a_server_it_did_not_start(monkeypatch, tmp_path, dask_cluster):
+    from prefect import flow
+
+    import flows.pipeline
+    from flows.cli import main as cli_main
+
+    seen = []
+
+    @flow(name="large-image")
+    def large_image(input, steps, output, chunks=None, channel_axis=None, time_axis=None, keep=None):
+        seen.append(_heartbeat_threads())
+        return {"stages": [], "output": output, "run_json": f"{output}/run.json"}
+
+    monkeypatch.setattr(flows.pipeline, "large_image_flow", large_image)
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((8, 8), np.uint16))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"flow: large_image\ninput: {tmp_path / 'in.tif'}\nsteps: [{{op: gaussian, sigma: 1}}]\n"
+                    f"output: {tmp_path / 'out'}\n")
+    assert cli_main(["run", str(spec), "--cluster", dask_cluster]) == 0  # the session's server: heartbeats
+    monkeypatch.delenv("PREFECT_API_URL")
+    assert cli_main(["run", str(spec), "--cluster", dask_cluster]) == 0  # a server of its own: none
+    assert seen == [1, 0]
 
 
 # -- the command line's cluster, started while the server starts ------------------
