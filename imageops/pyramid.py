@@ -46,8 +46,11 @@ def window_mean(windows: np.ndarray, axis: tuple[int, ...] | None = None) -> np.
     pairs = functools.reduce(operator.add, (_take(windows, inner, i) for i in range(windows.shape[inner])))
     outer = [a - (a > inner) for a in axis if a != inner]  # the remaining window axes, in ``pairs``
     positions = list(np.ndindex(*(pairs.shape[a] for a in outer)))
-    total = _at(pairs, outer, positions[0]).copy()
-    for position in positions[1:]:
+    if len(positions) == 1:
+        total = _at(pairs, outer, positions[0]).copy()
+    else:  # the first two added into a new array: the same sum as a copy of the first plus the second, one pass less
+        total = np.add(_at(pairs, outer, positions[0]), _at(pairs, outer, positions[1]))
+    for position in positions[2:]:
         total += _at(pairs, outer, position)
     total /= math.prod(windows.shape[a] for a in axis)
     return total
@@ -58,7 +61,7 @@ def cast_mean(mean, dtype: np.dtype):
     if np.dtype(dtype).kind in "iu":
         info = np.iinfo(dtype)
         return np.clip(np.rint(mean), info.min, info.max).astype(dtype)
-    return mean.astype(dtype)
+    return mean.astype(dtype, copy=False)  # the means of a float32 image are float32 already
 
 
 def block_levels(block: np.ndarray, factors: Sequence[Sequence[int]], *, centred: bool) -> list[np.ndarray]:

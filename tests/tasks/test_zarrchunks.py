@@ -167,3 +167,28 @@ def test_chunk_codec_handles_only_the_chains_haloflow_writes(tmp_path, change):
     metadata = io._array_metadata(str(tmp_path / "s.zarr"), "0")
     assert zarrchunks.chunk_codec(metadata) is not None
     assert zarrchunks.chunk_codec({**metadata, **change}) is None
+
+
+def test_a_strided_block_is_copied_into_a_buffer_each_thread_reuses():
+    import threading
+
+    base = np.arange(2 * 6 * 8, dtype=np.float32).reshape(2, 6, 8)
+    little = np.dtype("<f4")
+    assert zarrchunks.contiguous(base, little) is base  # already as stored: no copy
+    first = zarrchunks.contiguous(base[:, 1:5, 2:6], little)
+    assert first.flags.c_contiguous and first.base is None
+    np.testing.assert_array_equal(first, base[:, 1:5, 2:6])
+    again = zarrchunks.contiguous(base[:, 2:6, 1:5], little)
+    assert again is first  # the same buffer, filled again
+    np.testing.assert_array_equal(again, base[:, 2:6, 1:5])
+    swapped = zarrchunks.contiguous(base.astype(">f4")[:, :4, :4], little)
+    assert swapped is first and swapped.dtype == little
+    np.testing.assert_array_equal(swapped, base[:, :4, :4])
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(zarrchunks.contiguous(base[:, 1:5, 2:6], little)))
+    thread.start()
+    thread.join()
+    assert elsewhere[0] is not first  # another thread has buffers of its own
+    for n in range(zarrchunks.SCRATCH_BUFFERS):  # as many other shapes as it keeps: the oldest is let go
+        zarrchunks.contiguous(base[:, : n + 1, :3], little)
+    assert zarrchunks.contiguous(base[:, 1:5, 2:6], little) is not first
