@@ -533,4 +533,4 @@ def _relabel_block(block: np.ndarray, connectivity, offsets: np.ndarray, lut: np
     """Phase 2 for one block: label it again and map it to the final numbering."""
     location = tuple(block_info[0]["chunk-location"])
     labels, n = label_ops.label_block(block, connectivity)
-    return label_ops.block_table(lut, int(offsets[location]), n)[labels]
+    return label_ops.relabel(labels, label_ops.block_table(lut, int(offsets[location]), n))

@@ -180,4 +180,4 @@ def _paint_block(block, connectivity: int, invert: bool, offsets: np.ndarray, ta
     """Phase 2 for one block: label it again and look every voxel's region up in ``table``."""
     location = tuple(block_info[0]["chunk-location"])
     labels, n = label_ops.label_block(~block if invert else block, connectivity)
-    return label_ops.block_table(table, int(offsets[location]), n)[labels]
+    return label_ops.relabel(labels, label_ops.block_table(table, int(offsets[location]), n))

@@ -151,6 +151,24 @@ def _random_masks(rng, ndim: int, count: int):
         yield mask
 
 
+@pytest.mark.parametrize("share", [0.0, 0.01, 0.09, 0.11, 0.5, 1.0])  # both sides of hl.SPARSE_SHARE
+@pytest.mark.parametrize("table_kind", ["labels", "labels from 3", "bool", "bool, background true"])
+def test_relabel_equals_the_table_looked_up_at_every_voxel(share, table_kind):
+    rng = np.random.default_rng(int(share * 100))
+    labels = np.where(rng.random((7, 30, 41)) < share, rng.integers(1, 60, (7, 30, 41)), 0).astype(np.uint32)
+    table = {
+        "labels": np.arange(60, dtype=np.uint32) * 3,
+        "labels from 3": np.arange(60, dtype=np.uint32) + 3,  # the background maps to 3
+        "bool": rng.random(60) < 0.5,
+        "bool, background true": np.r_[True, rng.random(59) < 0.5],
+    }[table_kind]
+    expected = table[labels]
+    found = hl.relabel(labels, table)
+    assert found.dtype == expected.dtype and found.shape == labels.shape
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_array_equal(hl.relabel(labels[:, ::2, 3:], table), table[labels[:, ::2, 3:]])  # a strided view
+
+
 @pytest.mark.parametrize(("ndim", "connectivity"), [(2, 1), (2, 2), (3, 1), (3, 2), (3, 3)])
 def test_label_block_gives_scipys_labels_value_for_value(ndim, connectivity, monkeypatch):
     """Where cc3d labels (imageops.label.CC3D_CONNECTIVITY), its numbering is SciPy's, on every kind of mask."""
