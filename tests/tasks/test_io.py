@@ -35,6 +35,7 @@ from tasks.io import (
     resumable,
     volume_chunks,
     write_table,
+    write_whole,
 )
 from tasks import io as io_module
 from tasks.reference import ArrayRef
@@ -320,6 +321,19 @@ def test_ome_zarr_04_image(tmp_path):
     spec = resolve_input(str(tmp_path / "v2.ome.zarr"))
     assert spec.component == "s0"
     np.testing.assert_array_equal(imread(spec).compute(), data)
+
+
+@pytest.mark.parametrize("fill", ["none", "some", "all"])
+def test_the_statistics_of_a_mask_written_block_by_block_are_its_own(tmp_path, fill):
+    data = np.zeros((5, 9, 7), bool) if fill == "none" else np.ones((5, 9, 7), bool)
+    if fill == "some":
+        data[1:3, ::2] = False
+    ref = create_store(tmp_path / "mask.ome.zarr", shape=data.shape, dtype="bool", chunks=(2, 4, 7), kind="mask",
+                       fingerprint="f", name="m")
+    stats = write_whole(data, ref)
+    assert stats["count"] == data.size
+    assert (stats["min"], stats["max"]) == (float(data.min()), float(data.max()))
+    assert stats["mean"] == float(data.mean())
 
 
 def test_store_round_trip_on_worker_processes(tmp_path, client):
