@@ -28,12 +28,15 @@ for _module in WORKER_IMPORTS:  # already there in a worker forked from haloflow
 
 #: glibc ``mallopt`` parameters (malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-#: Blocks below this size come from the heap, not from a fresh ``mmap`` each. 32 MiB (glibc's own
-#: ceiling) saved a little more CPU but kept more memory in the workers' heaps: peak memory of a
-#: 256x1024x1024 run 1.54 GiB against 1.19 GiB with 4 MiB (1.26 GiB with Dask's setting).
-MMAP_THRESHOLD = 4 * 2**20
-#: Free memory kept at the top of a heap before it is returned to the system (twice the above, as glibc does).
-TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
+#: Blocks below this size come from the heap, not from a fresh ``mmap`` each (whose every page the
+#: kernel zero-fills on first touch). 48 MiB holds a default block of float32 (32 MiB) and the filter's
+#: arrays of it with its halo (43 MiB for 128x256x256 and sigma 2). Cold 256x1024x1024 runs, four
+#: alternating pairs: 15.2-15.7 s against 16.1-16.7 s with 4 MiB, the process tree's peak RSS 0.93
+#: GiB against 0.83 GiB (32 MiB and 64 MiB thresholds: as fast, 1.00-1.12 GiB).
+MMAP_THRESHOLD = 48 * 2**20
+#: Free memory kept at the top of a heap before it is returned to the system: the same (64 MiB with
+#: twice that kept, as glibc pairs them by itself: 1.09-1.14 GiB, and no quicker).
+TRIM_THRESHOLD = MMAP_THRESHOLD
 
 
 def tune_malloc() -> bool:
@@ -43,8 +46,8 @@ def tune_malloc() -> bool:
     all, it stops glibc from raising its mmap threshold as it otherwise does,
     so every array over 128 KiB is mapped, zeroed by the kernel and unmapped
     again. Measured on a 4-Mvoxel float32 block: ``np.histogram`` 0.09-0.14 CPU s
-    in such a worker, 0.04 s in a plain process, 0.05-0.06 s after this call
-    (0.04 s with a 32 MiB threshold, see :data:`MMAP_THRESHOLD`). Returns
+    in such a worker, 0.04 s in a plain process, 0.05-0.06 s with a 4 MiB
+    threshold (see :data:`MMAP_THRESHOLD` for the one set now). Returns
     False where there is no glibc ``mallopt`` (nothing changed).
     """
     name = ctypes.util.find_library("c")
