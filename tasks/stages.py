@@ -8,6 +8,7 @@ never per chunk or per small image.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
@@ -104,8 +105,9 @@ def image_stage(
     are written. The flow publishes the stage's other artifacts (table,
     picture, link) once it has the result, beside the next stage.
     """
-    progress = Progress(artifact, f"{key}: blocks written") if artifact else None
-    return steps.run_image_step(params, steps.written(upstream), store, name=key, chunks=chunks, on_progress=progress)
+    with Progress(artifact, f"{key}: blocks written") if artifact else contextlib.nullcontext() as progress:
+        return steps.run_image_step(params, steps.written(upstream), store, name=key, chunks=chunks,
+                                    on_progress=progress)
 
 
 @task(name="table-stage", task_run_name="{key}", cache_key_fn=table_stage_key, **STAGE_OPTIONS)

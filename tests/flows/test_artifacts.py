@@ -128,3 +128,32 @@ def test_stage_picture_renders_in_the_prefect_ui(finished_run, prefect_api_url, 
         width = image.evaluate("img => img.complete ? img.naturalWidth : 0")
         page.screenshot(path=str(SCREENSHOTS / "artifact-label-picture.png"), full_page=True)
     assert width > 0, "the picture did not decode in the browser"
+
+
+def test_a_progress_artifact_made_in_the_background_is_waited_for_and_its_errors_raised(monkeypatch):
+    import contextvars
+
+    from tasks import artifacts
+
+    made, updates, marker = [], [], contextvars.ContextVar("marker", default="none")
+
+    def create(progress, key, description):
+        made.append((key, marker.get()))  # made in another thread, in the caller's context
+        return "artifact-id"
+
+    monkeypatch.setattr(artifacts, "create_progress_artifact", create)
+    monkeypatch.setattr(artifacts, "update_progress_artifact", lambda artifact, percent: updates.append((artifact, percent)))
+    marker.set("the stage's task run")
+    with artifacts.Progress("stage", "blocks written") as progress:
+        progress(2, 2)
+    assert made == [("stage-progress", "the stage's task run")] and updates == [("artifact-id", 100.0)]
+
+    def fail(progress, key, description):
+        raise RuntimeError("the API refused the artifact")
+
+    monkeypatch.setattr(artifacts, "create_progress_artifact", fail)
+    with pytest.raises(RuntimeError, match="refused"):
+        with artifacts.Progress("stage", "blocks written"):
+            pass  # a stage with nothing to write (a cached store) still learns of it
+    with pytest.raises(RuntimeError, match="refused"):
+        artifacts.Progress("stage", "blocks written")(1, 4)
