@@ -31,11 +31,11 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 #: Blocks below this size come from the heap, not from a fresh ``mmap`` each (whose every page the
 #: kernel zero-fills on first touch). 48 MiB holds a default block of float32 (32 MiB) and the filter's
 #: arrays of it with its halo (43 MiB for 128x256x256 and sigma 2). Cold 256x1024x1024 runs, four
-#: alternating pairs: 15.2-15.7 s against 16.1-16.7 s with 4 MiB, the process tree's peak RSS 0.93
-#: GiB against 0.83 GiB (32 MiB and 64 MiB thresholds: as fast, 1.00-1.12 GiB).
+#: alternating pairs: 15.2-15.7 s against 16.1-16.7 s with 4 MiB; the run's peak memory (PSS of the
+#: process tree) 0.90-0.94 GiB with :data:`ARENAS`, against 0.82 GiB with 4 MiB.
 MMAP_THRESHOLD = 48 * 2**20
-#: Free memory kept at the top of a heap before it is returned to the system: the same (64 MiB with
-#: twice that kept, as glibc pairs them by itself: 1.09-1.14 GiB, and no quicker).
+#: Free memory kept at the top of a heap before it is returned to the system: the same (32, 64 MiB
+#: and 64 MiB with twice that kept, as glibc pairs them by itself, were no quicker).
 TRIM_THRESHOLD = MMAP_THRESHOLD
 #: Heaps ("arenas") a worker's threads share: the task thread, the event loop's, those of seceded stage
 #: tasks. glibc gives threads up to 8 per core, each keeping its own free memory: over five served runs
