@@ -62,8 +62,8 @@ def tune_malloc() -> bool:
     mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
     if mallopt is None:
         return False
-    return all([bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)), bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)),
-                bool(mallopt(M_ARENA_MAX, ARENAS))])
+    settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_ARENA_MAX, ARENAS))
+    return all([mallopt(option, value) for option, value in settings])  # every one tried, even after a refusal
 
 
 #: Dask settings of the worker process. Its profiler samples every computing thread's stack every

@@ -98,7 +98,7 @@ def relabel(labels, table) -> np.ndarray:
 
     Where at most :data:`SPARSE_SHARE` of the voxels are labelled (not 0),
     only those are looked up and the rest take ``table[0]``: a 128x256x256
-    block with 1.5 % of its voxels labelled took 5 ms instead of 17 ms (the
+    block with 1.5 % of its voxels labelled took 8 ms instead of 17.6 ms (the
     lookup of every voxel converts every label to a 64-bit index first).
 
     >>> relabel(np.array([[0, 2], [1, 0]], np.uint32), np.array([9, 5, 7])).tolist()
