@@ -88,17 +88,19 @@ def gaussian_inner(image, sigma, margins, *, truncate: float = 4.0, mode: str = 
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")
     _check_mode(mode)
     margins = _check_margins(margins, image.shape)
-    work = image if image.dtype == np.float64 else image.astype(np.float32, copy=False)
-    # A float32 copy made here is smoothed in place, and so is every later axis's input (SciPy filters each
-    # axis's lines through a buffer, as gaussian_filter itself does): the same values, no more arrays.
-    owned = work is not image
+    dtype = working_float(image.dtype)
+    # The first smoothed axis reads the image as it is (SciPy reads each line into float64, so an integer
+    # image gives the same values as its float32 copy would) into a new float32 array; every later axis is
+    # smoothed in place (SciPy filters each axis's lines through a buffer, as gaussian_filter itself does).
+    # No float32 copy of the input first: a pass over the block less, the same values.
+    work, owned = (image, False) if _read_as_is(image.dtype, dtype) else (image.astype(dtype), True)
     for axis, (s, (before, after)) in enumerate(zip(sigmas, margins)):
         if s > 1e-15:  # as scipy.ndimage.gaussian_filter: an axis of sigma 0 is left as it is
-            work = ndi.gaussian_filter1d(work, s, axis=axis, mode=mode, truncate=truncate,
-                                         output=work if owned else None)
+            output = work if owned else np.empty(work.shape, dtype)
+            work = ndi.gaussian_filter1d(work, s, axis=axis, mode=mode, truncate=truncate, output=output)
             owned = True
         work = work[(slice(None),) * axis + (slice(before, work.shape[axis] - after),)]
-    return work if owned else work.copy()
+    return work if owned else work.astype(dtype)
 
 
 def median(image, size, *, mode: str = "nearest") -> np.ndarray:
@@ -118,6 +120,17 @@ def median(image, size, *, mode: str = "nearest") -> np.ndarray:
         raise ValueError(f"size must be whole numbers >= 1, got {size!r}")
     _check_mode(mode)
     return ndi.median_filter(image, size=tuple(int(s) for s in sizes), mode=mode)
+
+
+def _read_as_is(dtype: np.dtype, working: np.dtype) -> bool:
+    """Whether SciPy can smooth ``dtype`` directly into ``working`` with the values of a ``working`` copy.
+
+    SciPy reads every line into float64. That equals reading a float32 copy
+    for dtypes that float32 holds exactly (bool, 8- and 16-bit integers,
+    float32), not for wider integers, which float32 rounds; float16 SciPy
+    refuses.
+    """
+    return dtype == working or dtype == bool or (dtype.kind in "iu" and dtype.itemsize <= 2)
 
 
 def working_float(dtype) -> np.dtype:

@@ -11,12 +11,19 @@ from imageops.catalog import GaussianParams, LabelParams, MeasureParams, Thresho
 from tests.helpers import blobs
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
-def test_gaussian_is_float32_for_integer_and_float32_input(dtype):
-    image = blobs((20, 30), dtype=dtype)
-    out = hf.gaussian(image, 1.5)
+@pytest.mark.parametrize("dtype", [bool, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64,
+                                   np.float16, np.float32])
+@pytest.mark.parametrize("sigma", [1.5, (0.0, 1.5)])
+def test_gaussian_is_float32_for_integer_and_float32_input(dtype, sigma):
+    # Small integers are read as they are, wider ones through a float32 copy: both must give the float32
+    # copy's result. Values above 2**24 tell the two apart for 32- and 64-bit integers.
+    image = blobs((20, 30), dtype=np.uint16).astype(dtype)
+    if np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize >= 4:
+        image = image * 1021 + 2**26 + 1
+    out = hf.gaussian(image, sigma)
     assert out.dtype == np.float32
-    np.testing.assert_array_equal(out, ndi.gaussian_filter(image.astype(np.float32), 1.5, mode="nearest"))
+    expected = ndi.gaussian_filter(image.astype(np.float32), sigma, mode="nearest")
+    np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
