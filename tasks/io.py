@@ -1128,7 +1128,7 @@ def _decode_region(store: str, component: str, codec: zarrchunks.ChunkCodec, sha
 
 def _stored_chunk(store: str, component: str, codec: zarrchunks.ChunkCodec, index: tuple[int, ...]) -> bytes | None:
     """One chunk's stored bytes; ``None`` if it was never written (it holds the fill value)."""
-    location = storage.join(store, component, *codec.key(index).split(codec.separator))
+    location = storage.join(store, component, *codec.key(index).split("/"))
     try:
         return storage.read_bytes(location)
     except FileNotFoundError:
@@ -1945,7 +1945,7 @@ def _write_chunk_directly(block: np.ndarray, store: str, component: str, region:
         padded = np.full(codec.chunks, codec.fill_value, dtype=codec.dtype)
         padded[tuple(slice(0, n) for n in block.shape)] = block
         block = padded
-    location = storage.join(store, component, *codec.key(index).split(codec.separator))
+    location = storage.join(store, component, *codec.key(index).split("/"))
     storage.makedirs(storage.parent(location))
     storage.write_bytes(location, codec.encode(block))
     return True

@@ -39,7 +39,7 @@ class ChunkCodec:
     separator: str
 
     def key(self, index: Sequence[int]) -> str:
-        """The chunk's key inside the array, e.g. ``c/0/1``."""
+        """The chunk's key inside the array, e.g. ``c/0/1`` (folders), or ``c.0.1`` (one file name)."""
         return self.separator.join(["c", *(str(int(i)) for i in index)])
 
     def encode(self, block: np.ndarray) -> bytes:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import GzipCodec
+from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from tasks import io, zarrchunks
 from tasks.io import _store_codec
@@ -150,6 +151,21 @@ def test_reads_of_a_store_zarr_wrote_with_another_codec_go_through_zarr(tmp_path
     assert zarrchunks.chunk_codec(io._array_metadata(ref.store, "0")) is None
     np.testing.assert_array_equal(io.read_ref_whole(ref), data)  # a batch image's read
     np.testing.assert_array_equal(io.read_ref(ref)[2:5].compute(scheduler="synchronous"), data[2:5])  # a large image's
+
+
+@pytest.mark.parametrize("compressor", [ZstdCodec(level=1), BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")])
+def test_an_input_whose_chunk_keys_use_dots_is_read_from_its_files(tmp_path, compressor):
+    # zarr's default key encoding may separate with "." (c.0.1: one file per chunk, no folders); read as
+    # c/0/1, every chunk was missing, and the image came out as the fill value, silently.
+    data = np.arange(12 * 10, dtype=np.uint16).reshape(12, 10) + 1
+    array = zarr.create_array(str(tmp_path / "dots.zarr"), shape=data.shape, dtype=data.dtype, chunks=(5, 4),
+                              chunk_key_encoding={"name": "default", "separator": "."}, compressors=compressor)
+    array[...] = data
+    assert "c.1.2" in os.listdir(tmp_path / "dots.zarr")
+    assert zarrchunks.chunk_codec(io._array_metadata(str(tmp_path / "dots.zarr"), "")) is not None  # the direct path
+    np.testing.assert_array_equal(io.imread(str(tmp_path / "dots.zarr")).compute(scheduler="synchronous"), data)
+    lazy = io.imread(str(tmp_path / "dots.zarr"), chunks=(5, 4))  # blocks of whole chunks, decoded straight
+    np.testing.assert_array_equal(lazy.compute(scheduler="synchronous"), data)
 
 
 @pytest.mark.parametrize("change", [
