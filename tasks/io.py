@@ -65,6 +65,7 @@ __all__ = [
     "read_table",
     "read_whole",
     "resolve_input",
+    "save_whole",
     "store_axes",
     "store_calibration",
     "volume_chunks",
@@ -590,6 +591,96 @@ def create_store(
     TypeError
         Unknown dtype or non-string fingerprint/name.
     """
+    ref, attributes, array = _store_documents(
+        path, shape=shape, dtype=dtype, chunks=chunks, kind=kind, fingerprint=fingerprint, name=name, axes=axes,
+        calibration=calibration,
+    )
+    _remove_old_store(ref.store)
+    storage.makedirs(storage.join(ref.store, "0"))
+    storage.write_text(storage.join(ref.store, "zarr.json"), _zarr_json_text(_group_document(attributes)))
+    storage.write_text(storage.join(ref.store, "0", "zarr.json"), _zarr_json_text(array))
+    return ref
+
+
+def save_whole(
+    array: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    chunks: Sequence[int],
+    kind: str,
+    fingerprint: str,
+    name: str,
+    axes: Sequence[str] | None = None,
+    calibration: Calibration | None = None,
+    found: Mapping[str, Any] | None = None,
+    label_source: str | None = None,
+) -> tuple[ArrayRef, dict[str, Any]]:
+    """A store holding `array`, written and sealed at once; its ref and the data's statistics (:func:`write_whole`).
+
+    The store is the one :func:`create_store`, :func:`write_whole` (blocks
+    not recorded) and :func:`mark_complete` make, for an image held in
+    memory (a batch image), in fewer writes: level 0's metadata, its chunks,
+    then the group's metadata, already sealed, last. A batch image's store
+    costs a few milliseconds, most of it in files and folders: the group's
+    document is written once, from memory, and the chunks sit beside level
+    0's metadata as ``c.0.0`` (zarr's default key with "." separators) with
+    no folders of their own.
+
+    Until that last write the folder has no group metadata: no reader takes
+    it for a store, :func:`is_complete` is false, and a later run replaces it
+    (:func:`create_store` and this function replace a folder whose level 0
+    has zarr metadata).
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        The data; its shape and dtype are the store's.
+    path, chunks, kind, fingerprint, name, axes, calibration
+        As for :func:`create_store`.
+    found : mapping, optional
+        JSON-serialisable attributes sealed with the store (as
+        :func:`mark_complete`'s `extra`); ``stats`` (the data's min, max and
+        mean) is added.
+    label_source : str, optional
+        A label store's ``image-label`` source (the image it labels, relative
+        to the store); its colours come from its largest label.
+    """
+    array = np.asarray(array)
+    ref, attributes, level = _store_documents(
+        path, shape=array.shape, dtype=array.dtype, chunks=chunks, kind=kind, fingerprint=fingerprint, name=name,
+        axes=axes, calibration=calibration,
+    )
+    found = dict(found or {})
+    reserved = {"fingerprint", "kind", "complete", "stats"} & found.keys()
+    if reserved:
+        raise ValueError(f"save_whole: {sorted(reserved)} are reserved attribute names")
+    level["chunk_key_encoding"] = {"name": "default", "configuration": {"separator": "."}}  # c.0.0: no folders
+    _remove_old_store(ref.store)
+    storage.makedirs(storage.join(ref.store, "0"))
+    storage.write_text(storage.join(ref.store, "0", "zarr.json"), _zarr_json_text(level))
+    stats = write_whole(array, ref, record_blocks=False)
+    found["stats"] = {k: v for k, v in stats.items() if k != "count"}
+    attributes["haloflow"] = {**attributes["haloflow"], **_jsonable(found), "complete": True}
+    if kind == "labels":
+        largest = None if stats["max"] is None else int(stats["max"])
+        attributes["ome"]["image-label"] = _jsonable(ome.image_label(largest, label_source))
+    storage.write_text(storage.join(ref.store, "zarr.json"), _zarr_json_text(_group_document(attributes)))
+    return ref, stats
+
+
+def _store_documents(
+    path: str | os.PathLike,
+    *,
+    shape: Sequence[int],
+    dtype: Any,
+    chunks: Sequence[int],
+    kind: str,
+    fingerprint: str,
+    name: str,
+    axes: Sequence[str] | None,
+    calibration: Calibration | None,
+) -> tuple[ArrayRef, dict[str, Any], dict[str, Any]]:
+    """A new store's ref, its group's attributes (not sealed) and level 0's ``zarr.json``; the arguments checked."""
     store = os.fspath(path)
     shape = _int_tuple(shape)
     dtype = _as_dtype(dtype)
@@ -603,7 +694,6 @@ def create_store(
     for label, value in (("fingerprint", fingerprint), ("name", name)):
         if not isinstance(value, str):
             raise TypeError(f"{label} must be a str, got {type(value).__name__}")
-    _remove_old_store(store)
     attributes = {
         "ome": _ome_attributes(name, axis_names, kind, calibration),
         "haloflow": {"fingerprint": fingerprint, "kind": kind, "complete": False},
@@ -611,10 +701,7 @@ def create_store(
     array = json.loads(_array_document(dtype.name, len(shape)))
     array.update(shape=list(shape), dimension_names=list(axis_names))
     array["chunk_grid"]["configuration"]["chunk_shape"] = list(chunks)
-    storage.makedirs(storage.join(store, "0"))
-    storage.write_text(storage.join(store, "zarr.json"), _zarr_json_text(_group_document(attributes)))
-    storage.write_text(storage.join(store, "0", "zarr.json"), _zarr_json_text(array))
-    return ArrayRef(store, "0", shape, dtype.name, chunks, kind, fingerprint)
+    return ArrayRef(store, "0", shape, dtype.name, chunks, kind, fingerprint), attributes, array
 
 
 @functools.lru_cache(maxsize=64)
@@ -2002,17 +2089,22 @@ def _mark_block_done(store: str, index: tuple, stats: list[float]) -> None:
 def _remove_old_store(store: str) -> None:
     """Delete an existing zarr store at `store`; refuse to delete anything else."""
     if storage.is_url(store):
-        if _has_zarr_metadata(store):
+        if _is_zarr_store(store):
             storage.remove_tree(store)
         elif storage.exists(store):
             raise ValueError(f"{store} exists and is not a zarr store; refusing to overwrite it")
         return
     if not os.path.lexists(store):
         return
-    if os.path.isdir(store) and not os.path.islink(store) and _has_zarr_metadata(store):
+    if os.path.isdir(store) and not os.path.islink(store) and _is_zarr_store(store):
         storage.remove_tree(store)
         return
     raise ValueError(f"{store} exists and is not a zarr store; refusing to overwrite it")
+
+
+def _is_zarr_store(path: str) -> bool:
+    """Whether `path` holds zarr metadata, or level 0 of a store whose group :func:`save_whole` had not written yet."""
+    return _has_zarr_metadata(path) or storage.isfile(storage.join(path, "0", "zarr.json"))
 
 
 def _ome_attributes(name: str, axes: tuple[str, ...], kind: str, calibration: Calibration) -> dict[str, Any]:

@@ -293,15 +293,16 @@ def run_whole_image_step(params: OpParams, upstream: Upstream, store: str, *, na
     if fused:
         found = {**found, "fused": fused}
     out_axes = lift.output_axes(params, axes)
-    ref = io.create_store(
-        store, shape=result.shape, dtype=result.dtype, chunks=_piece_chunks(result.shape, out_axes),
-        kind=info.gives, fingerprint=fp, name=name, axes=out_axes.names,
-        calibration=_kept_calibration(upstream_calibration(upstream), axes, out_axes),
+    chunks = _piece_chunks(result.shape, out_axes)
+    blocks = int(np.prod([-(-n // c) for n, c in zip(result.shape, chunks)]))
+    found = {**found, "blocks": {"total": blocks, "written": blocks, "reused": 0}}
+    # Written and sealed in one go: an unfinished store is made again, not resumed.
+    ref, stats = io.save_whole(
+        result, store, chunks=chunks, kind=info.gives, fingerprint=fp, name=name, axes=out_axes.names,
+        calibration=_kept_calibration(upstream_calibration(upstream), axes, out_axes), found=found,
+        label_source=_label_source(upstream, store),
     )
-    stats = io.write_whole(result, ref, record_blocks=False)  # an unfinished store is made again, not resumed
-    blocks = int(np.prod(io.block_grid(ref)))
-    found = {**found, "stats": {k: v for k, v in stats.items() if k != "count"}, "blocks": {"total": blocks, "written": blocks, "reused": 0}}
-    _seal(ref, upstream, stats, found)
+    found = {**found, "stats": {k: v for k, v in stats.items() if k != "count"}}
     return StepResult(ref, time.perf_counter() - started, info=found)
 
 
@@ -322,10 +323,14 @@ def _seal(ref: ArrayRef, upstream: Upstream, stats: dict[str, Any], found: dict[
     if ref.kind != "labels":
         io.mark_complete(ref, **found)
         return
-    local = isinstance(upstream, ArrayRef) and "://" not in upstream.store + ref.store
-    source = os.path.relpath(upstream.store, ref.store) if local else None
-    label = ome.image_label(None if stats["max"] is None else int(stats["max"]), source)
+    label = ome.image_label(None if stats["max"] is None else int(stats["max"]), _label_source(upstream, ref.store))
     io.mark_complete(ref, image_label=label, **found)
+
+
+def _label_source(upstream: Upstream, store: str) -> str | None:
+    """A label store's ``image-label`` source: the stored image it labels, relative to it (local stores only)."""
+    local = isinstance(upstream, ArrayRef) and "://" not in upstream.store + store
+    return os.path.relpath(upstream.store, store) if local else None
 
 
 def recorded_range(upstream: Upstream, dtype) -> tuple | None:

@@ -455,6 +455,51 @@ def test_write_whole_without_block_records_writes_the_same_store_and_statistics(
     assert len(io_module.done_blocks(refs[0])) == 3
 
 
+def test_save_whole_seals_the_store_the_three_step_write_seals(tmp_path):
+    data = np.arange(60, dtype=np.uint16).reshape(3, 4, 5)
+    ref = create_store(tmp_path / "steps.zarr", shape=(3, 4, 5), dtype="uint16", chunks=(1, 4, 5), kind="labels",
+                       fingerprint="f", name="s")
+    stats = write_whole(data, ref, record_blocks=False)
+    mark_complete(ref, image_label=io_module.ome.image_label(59, "../in"), found={"x": 1},
+                  stats={k: v for k, v in stats.items() if k != "count"})
+    saved, saved_stats = io_module.save_whole(data, tmp_path / "once.zarr", chunks=(1, 4, 5), kind="labels",
+                                              fingerprint="f", name="s", found={"found": {"x": 1}},
+                                              label_source="../in")
+    assert saved == ArrayRef(str(tmp_path / "once.zarr"), "0", (3, 4, 5), "uint16", (1, 4, 5), "labels", "f")
+    assert saved_stats == stats and is_complete(saved.store, "f")
+    assert zarr.open_group(saved.store, mode="r").attrs.asdict() == zarr.open_group(ref.store, mode="r").attrs.asdict()
+    np.testing.assert_array_equal(zarr.open_array(saved.store, path="0", mode="r")[...], data)
+    np.testing.assert_array_equal(io_module.read_ref_whole(saved), data)
+    assert sorted(p.name for p in (tmp_path / "once.zarr" / "0").iterdir()) == ["c.0.0.0", "c.1.0.0", "c.2.0.0", "zarr.json"]
+    with pytest.raises(ValueError, match=r"\['complete', 'stats'\] are reserved"):
+        io_module.save_whole(data, tmp_path / "bad.zarr", chunks=(1, 4, 5), kind="image", fingerprint="f", name="s",
+                             found={"stats": {}, "complete": False})
+    assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_a_store_save_whole_did_not_finish_is_not_complete_and_is_made_again(tmp_path, monkeypatch):
+    data = np.ones((4, 5), dtype=np.float32)
+    store = tmp_path / "s.zarr"
+
+    def interrupted(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io_module, "write_whole", interrupted)
+    with pytest.raises(OSError, match="disk full"):
+        io_module.save_whole(data, store, chunks=(4, 5), kind="image", fingerprint="f", name="s")
+    assert (store / "0" / "zarr.json").exists() and not (store / "zarr.json").exists()
+    assert not is_complete(store) and not is_complete(store, "f")
+    monkeypatch.undo()
+    ref, _ = io_module.save_whole(data, store, chunks=(4, 5), kind="image", fingerprint="f", name="s")
+    assert is_complete(store, "f")
+    np.testing.assert_array_equal(io_module.read_ref_whole(ref), data)
+    (store / "zarr.json").unlink()  # as if interrupted again: create_store replaces it too
+    assert create_store(store, shape=(4, 5), dtype="float32", chunks=(4, 5), kind="image", fingerprint="g", name="s")
+    (tmp_path / "mine" / "0").mkdir(parents=True)  # a folder without zarr metadata is still refused
+    with pytest.raises(ValueError, match="mine exists and is not a zarr store"):
+        io_module.save_whole(data, tmp_path / "mine", chunks=(4, 5), kind="image", fingerprint="f", name="s")
+
+
 def test_open_store_ref_rejects_foreign_store(tmp_path):
     zarr.open_group(str(tmp_path / "foreign.zarr"), mode="w")
     with pytest.raises(ValueError, match="foreign.zarr"):

@@ -92,9 +92,13 @@ def _store_documents(store):
 
 
 def _same_store(whole, chunked):
+    """The same documents and values; the store written whole keeps its chunks as files beside level 0's metadata."""
     g1, a1, x1 = _store_documents(whole)
     g2, a2, x2 = _store_documents(chunked)
+    assert a1.pop("chunk_key_encoding") == {"name": "default", "configuration": {"separator": "."}}
+    assert a2.pop("chunk_key_encoding") == {"name": "default", "configuration": {"separator": "/"}}
     assert g1 == g2 and a1 == a2
+    assert not [p for p in (Path(whole) / "0").iterdir() if p.is_dir()]  # no folders for its chunks
     assert x1.dtype == x2.dtype
     np.testing.assert_array_equal(x1, x2)
 
