@@ -155,7 +155,7 @@ HEADERS_ON_CLUSTER_FROM = 256
 def batch_headers(paths: Mapping[str, str], key: str = "00_headers") -> dict[str, io.InputSpec | io.InputError]:
     """Every batch image's header read (:func:`tasks.io.resolve_or_error`), in worker tasks of a few images each."""
     work = [partial(io.resolve_or_error, path) for path in paths.values()]
-    return dict(zip(paths, run_in_groups(work)))
+    return dict(zip(paths, run_in_groups(work, most=MAX_LIGHT_GROUP)))
 
 
 @task(name="batch-table-stage", task_run_name="{key}", **STAGE_OPTIONS)
@@ -174,7 +174,7 @@ def batch_table_stage(
         )
         for image, ref in labels.items()
     ]
-    per_image = dict(zip(labels, run_in_groups(work)))
+    per_image = dict(zip(labels, run_in_groups(work, most=MAX_LIGHT_GROUP)))
     failed = {image: r.error for image, r in per_image.items() if isinstance(r, steps.ImageFailure)}
     measured = {image: r for image, r in per_image.items() if image not in failed}
     columns = concatenate_tables(list(measured), list(measured.values()))
@@ -189,19 +189,26 @@ def batch_table_stage(
 #: Most images one worker task of a batch stage processes: a task of a few images costs the scheduler
 #: and the worker what a task of one does (a millisecond or two), while one small image takes 10-30 ms.
 MAX_GROUP = 8
+#: Most images per worker task where each takes under a millisecond (a header read, an image's table
+#: rows). On 2000 images and two workers, 250 tasks of 8 cost 1.1-1.5 s for the headers and 1.9-2.2 s for
+#: the table, against 0.5-0.8 s and 1.0-1.3 s in tasks of 64 or more (`benchmarks/RESULTS.md`): the
+#: scheduler hands a worker its next task only as one finishes, a round trip of about 2 ms here.
+MAX_LIGHT_GROUP = 64
 #: Fewest tasks per worker thread, so that the last tasks still spread over the cluster.
 TASKS_PER_THREAD = 4
 
 
-def run_in_groups(calls: list[Callable[[], Any]]) -> list[Any]:
+def run_in_groups(calls: list[Callable[[], Any]], most: int | None = None) -> list[Any]:
     """Call every one of ``calls`` on the caller's cluster, a few per worker task; the results in order.
 
-    A group holds at most :data:`MAX_GROUP` calls, and fewer when there are
-    not :data:`TASKS_PER_THREAD` groups per worker thread otherwise.
+    A group holds at most ``most`` calls (default :data:`MAX_GROUP`), and
+    fewer when there are not :data:`TASKS_PER_THREAD` groups per worker
+    thread otherwise.
     """
     if not calls:
         return []
-    size = max(1, min(MAX_GROUP, len(calls) // (TASKS_PER_THREAD * cluster_threads())))
+    most = MAX_GROUP if most is None else most
+    size = max(1, min(most, len(calls) // (TASKS_PER_THREAD * cluster_threads())))
     groups = [calls[start:start + size] for start in range(0, len(calls), size)]
     done = steps.cluster_compute(*[dask.delayed(_call_all)(group) for group in groups])
     return [result for group in done for result in group]
