@@ -296,7 +296,7 @@ def cmd_serve(args) -> int:
         if not Path(root).expanduser().is_dir():
             return _bad_input(ValueError(f"--data-root {root}: not a folder"))
     from flows.cluster import ClusterError
-    from flows.runner import ensure_api
+    from flows.runner import configured_api_url, ensure_api, local_api_url, quick_client_tls
 
     try:
         cluster = choose_and_check_cluster(args)
@@ -304,7 +304,9 @@ def cmd_serve(args) -> int:
         return _bad_input(error)
     for key, value in SERVE_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    with ensure_api(seed_database=True) as api_url, _served_cluster(cluster, args) as where:
+    # The served runs' clients load one CA certificate, not certifi's bundle, where that is safe (plain_http_client_tls).
+    api = (configured_api_url() or local_api_url(0)) if cluster.is_local else None
+    with quick_client_tls(api), ensure_api(seed_database=True) as api_url, _served_cluster(cluster, args) as where:
         print(f"haloflow: serving on the Prefect API at {api_url} (UI: {api_url.removesuffix('/api')}); "
               f"runs go to {where}", flush=True)
         # The deployments layer builds and serves the deployments (imported here, at the top of the stack).
@@ -348,7 +350,7 @@ def _served_cluster(cluster, args):
 def _run(spec, args, cluster, launch=None) -> int:
     from flows.console import tame_logs
     from flows.progress import RunWatcher
-    from flows.runner import configured_api_url
+    from flows.runner import configured_api_url, local_api_url, quick_client_tls
     from tasks import storage
 
     console = _console(args)
@@ -365,7 +367,9 @@ def _run(spec, args, cluster, launch=None) -> int:
     # from its output folder (block markers, run.json) and draws progress and stage lines.
     watcher = RunWatcher(spec, console.progress, console.stage)
     private_server = configured_api_url() is None  # started for this run, stopped with it
-    with tame_logs(console) as logs:  # its settings first: Prefect reads them as it is imported
+    # Workers on this machine (a local cluster) can share a CA file: an http API's clients load one certificate.
+    api = (configured_api_url() or local_api_url(0)) if cluster.is_local else None
+    with quick_client_tls(api), tame_logs(console) as logs:  # settings first: Prefect reads them as it is imported
         importing = _import_in_background("flows.pipeline")  # 1.3-1.4 s, while the server and the cluster start
         with _api_and_cluster(cluster, args, launch) as where, _closing(console), watcher:
             importing.join()

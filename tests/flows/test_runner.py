@@ -83,6 +83,40 @@ def test_start_failure_is_a_clear_error_with_log_tail(tmp_path):
     assert runner._RUNNING == running_before
 
 
+def test_an_http_api_s_clients_load_one_ca_certificate_and_still_reach_it(prefect_api_url, monkeypatch):
+    import ssl
+    import subprocess
+    import sys
+    import time
+
+    for setting in ("PREFECT_API_SSL_CERT_FILE", "PREFECT_API_TLS_INSECURE_SKIP_VERIFY"):
+        monkeypatch.delenv(setting, raising=False)
+    values = runner.plain_http_client_tls(prefect_api_url, os.environ)
+    path = values["PREFECT_API_SSL_CERT_FILE"]
+    assert prefect_api_url.startswith("http://") and list(values) == ["PREFECT_API_SSL_CERT_FILE"]
+    assert open(path).read().count("BEGIN CERTIFICATE") == 1
+    started = time.perf_counter()
+    ssl.create_default_context(cafile=path)  # what each Prefect client does with it
+    assert time.perf_counter() - started < 0.5
+    assert runner.plain_http_client_tls(prefect_api_url, os.environ) == values  # the same file, made once
+    for api, environ in (("https://api.example.org/api", {}), (None, {}),
+                         (prefect_api_url, {"PREFECT_API_SSL_CERT_FILE": "/etc/mine.pem"}),
+                         (prefect_api_url, {"PREFECT_API_TLS_INSECURE_SKIP_VERIFY": "true"})):
+        assert runner.plain_http_client_tls(api, environ) == {}  # TLS in use, or the user's own choice
+    check = ("from prefect.client.orchestration import get_client; from prefect.settings import get_current_settings; "
+             "print(get_current_settings().api.ssl_cert_file, get_client(sync_client=True).api_healthcheck())")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, **values}
+    done = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [path, "None"]  # a client under the setting reached the API (no error)
+    before = dict(os.environ)
+    with runner.quick_client_tls(prefect_api_url) as set_here:
+        assert set_here == values and os.environ["PREFECT_API_SSL_CERT_FILE"] == path
+    assert dict(os.environ) == before
+    with runner.quick_client_tls("https://api.example.org/api") as set_here:
+        assert set_here == {} and dict(os.environ) == before
+
+
 def test_ensure_api_leaves_existing_url_alone(monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     before = dict(os.environ)
