@@ -8,8 +8,10 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import prefect.main  # noqa: F401  (Prefect sets up its console logging at import: now, not on a stream a test captures)
 import pytest
 import tifffile
@@ -173,6 +175,9 @@ def test_a_batch_poll_looks_at_a_bounded_number_of_unfinished_images(tmp_path, m
                       "steps": [{"op": "gaussian", "sigma": 1.0}]})
     images = [f"img{i:03d}" for i in range(200)]
     finished = set(images[:100]) | {images[150]}  # in input order, and one far ahead
+    for image in finished:  # sealed stores (the record gives no start time: each one's fingerprint is checked)
+        (tmp_path / "out" / image / "01_gaussian.ome.zarr").mkdir(parents=True)
+        (tmp_path / "out" / image / "01_gaussian.ome.zarr" / "zarr.json").write_text("{}")
     looked_at = []
 
     def is_complete(store, expected):
@@ -181,6 +186,7 @@ def test_a_batch_poll_looks_at_a_bounded_number_of_unfinished_images(tmp_path, m
 
     monkeypatch.setattr(progress_module.io, "is_complete", is_complete)
     monkeypatch.setattr(progress_module, "step_fingerprint", lambda step, upstream: "fp")
+    monkeypatch.setattr(progress_module, "BATCH_LOOKAHEAD", 64)
     watcher = progress_module.RunWatcher(spec, lambda p: None, lambda entry: None)
     monkeypatch.setattr(watcher, "_upstream", lambda stages, image: image)
     record = {"images": images, "stages": []}
@@ -190,6 +196,41 @@ def test_a_batch_poll_looks_at_a_bounded_number_of_unfinished_images(tmp_path, m
         counts.append(watcher._batch_progress(record, 0, "01_gaussian").done)
         assert len(looked_at) <= progress_module.BATCH_LOOKAHEAD
     assert counts == [64, 100, 101, 101]  # the image finished ahead is counted once the poll reaches it
+
+
+def test_a_batch_poll_counts_stores_this_run_sealed_without_reading_their_images(tmp_path, monkeypatch):
+    """Working out a store's fingerprint reads its image's header: at 2000 images the bar fell far behind."""
+    from flows import progress as progress_module
+    from flows.spec import load_spec
+    from tasks import io
+
+    spec = load_spec({"flow": "batch", "input": str(tmp_path / "*.tif"), "output": str(tmp_path / "out"),
+                      "steps": [{"op": "gaussian", "sigma": 1.0}, {"op": "threshold", "method": "otsu"}]})
+    data = np.zeros((4, 5), dtype=np.float32)
+    for image in ("a", "b", "old"):
+        (tmp_path / "out" / image).mkdir(parents=True)
+    io.save_whole(data, tmp_path / "out" / "old" / "02_threshold.ome.zarr", chunks=(4, 5), kind="image",
+                  fingerprint="from an earlier run", name="t")
+    started = time.time() + 2  # the stores above were sealed before this run began
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))
+    for image in ("a", "b"):
+        io.save_whole(data, tmp_path / "out" / image / "02_threshold.ome.zarr", chunks=(4, 5), kind="image",
+                      fingerprint="fp", name="t")
+        os.utime(tmp_path / "out" / image / "02_threshold.ome.zarr" / "zarr.json", (started + 1.5, started + 1.5))
+    watcher = progress_module.RunWatcher(spec, lambda p: None, lambda entry: None)
+    upstreams = []
+    monkeypatch.setattr(watcher, "_upstream", lambda stages, image: upstreams.append(image) or image)
+    monkeypatch.setattr(progress_module, "step_fingerprint", lambda step, upstream: "fp")
+    first = {"kind": "batch", "images": {"a": {"ref": {}}, "b": {"ref": {}}, "old": {"ref": {}}, "bad": {"error": "x"},
+                                         "later": {"ref": {}}}}
+    record = {"images": ["a", "b", "old", "bad", "later"], "stages": [first], "started_at": stamp}
+    progress = watcher._batch_progress(record, 1, "02_threshold")
+    assert (progress.done, progress.total) == (3, 5)  # a and b sealed by this run, bad failed before
+    assert upstreams == ["old"]  # only the store sealed before the run has its fingerprint checked (it differs)
+    again = progress_module.RunWatcher(spec, lambda p: None, lambda entry: None)
+    monkeypatch.setattr(again, "_upstream", lambda stages, image: upstreams.append(image) or image)
+    assert again._batch_progress({**record, "started_at": None}, 1, "02_threshold").done == 3
+    assert upstreams == ["old", "a", "b", "old"]  # no start time known: every sealed store's fingerprint is checked
 
 
 def test_the_flows_are_imported_in_the_background_and_a_failed_import_is_left_to_the_caller(tmp_path, monkeypatch):
