@@ -296,7 +296,7 @@ def cmd_serve(args) -> int:
         if not Path(root).expanduser().is_dir():
             return _bad_input(ValueError(f"--data-root {root}: not a folder"))
     from flows.cluster import ClusterError
-    from flows.runner import configured_api_url, ensure_api, local_api_url, quick_client_tls
+    from flows.runner import ensure_api
 
     try:
         cluster = choose_and_check_cluster(args)
@@ -304,9 +304,7 @@ def cmd_serve(args) -> int:
         return _bad_input(error)
     for key, value in SERVE_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    # The served runs' clients load one CA certificate, not certifi's bundle, where that is safe (plain_http_client_tls).
-    api = (configured_api_url() or local_api_url(0)) if cluster.is_local else None
-    with quick_client_tls(api), ensure_api(seed_database=True) as api_url, _served_cluster(cluster, args) as where:
+    with _quick_client_tls(cluster), ensure_api(seed_database=True) as api_url, _served_cluster(cluster, args) as where:
         print(f"haloflow: serving on the Prefect API at {api_url} (UI: {api_url.removesuffix('/api')}); "
               f"runs go to {where}", flush=True)
         # The deployments layer builds and serves the deployments (imported here, at the top of the stack).
@@ -350,7 +348,7 @@ def _served_cluster(cluster, args):
 def _run(spec, args, cluster, launch=None) -> int:
     from flows.console import tame_logs
     from flows.progress import RunWatcher
-    from flows.runner import configured_api_url, local_api_url, quick_client_tls
+    from flows.runner import configured_api_url
     from tasks import storage
 
     console = _console(args)
@@ -367,9 +365,7 @@ def _run(spec, args, cluster, launch=None) -> int:
     # from its output folder (block markers, run.json) and draws progress and stage lines.
     watcher = RunWatcher(spec, console.progress, console.stage)
     private_server = configured_api_url() is None  # started for this run, stopped with it
-    # Workers on this machine (a local cluster) can share a CA file: an http API's clients load one certificate.
-    api = (configured_api_url() or local_api_url(0)) if cluster.is_local else None
-    with quick_client_tls(api), tame_logs(console) as logs:  # settings first: Prefect reads them as it is imported
+    with _quick_client_tls(cluster), tame_logs(console) as logs:  # settings first: Prefect reads them as it is imported
         importing = _import_in_background("flows.pipeline")  # 1.3-1.4 s, while the server and the cluster start
         with _api_and_cluster(cluster, args, launch) as where, _closing(console), watcher:
             importing.join()
@@ -391,6 +387,17 @@ def _run(spec, args, cluster, launch=None) -> int:
         return report_failure(state, result, console)
     console.final(final_line(result, seconds))
     return 0
+
+
+def _quick_client_tls(cluster):
+    """Prefect clients that load one CA certificate for an http API (:func:`flows.runner.plain_http_client_tls`).
+
+    Only with a local cluster: its workers, on this machine, find the file; the
+    API is the configured one, or the local server (http) the command starts.
+    """
+    from flows.runner import configured_api_url, local_api_url, quick_client_tls
+
+    return quick_client_tls((configured_api_url() or local_api_url(0)) if cluster.is_local else None)
 
 
 def _import_in_background(module: str) -> threading.Thread:

@@ -67,6 +67,7 @@ __all__ = [
     "resolve_input",
     "save_whole",
     "store_axes",
+    "stored_image_label",
     "store_calibration",
     "volume_chunks",
     "write_pyramid",
@@ -660,10 +661,8 @@ def save_whole(
     storage.write_text(storage.join(ref.store, "0", "zarr.json"), _zarr_json_text(level))
     stats = write_whole(array, ref, record_blocks=False)
     found["stats"] = {k: v for k, v in stats.items() if k != "count"}
-    attributes["haloflow"] = {**attributes["haloflow"], **_jsonable(found), "complete": True}
-    if kind == "labels":
-        largest = None if stats["max"] is None else int(stats["max"])
-        attributes["ome"]["image-label"] = _jsonable(ome.image_label(largest, label_source))
+    label = stored_image_label(stats, label_source) if kind == "labels" else None
+    attributes.update(_sealed_attributes(attributes, found, label))
     storage.write_text(storage.join(ref.store, "zarr.json"), _zarr_json_text(_group_document(attributes)))
     return ref, stats
 
@@ -1052,10 +1051,21 @@ def mark_complete(ref: ArrayRef, *, image_label: Mapping[str, Any] | None = None
             f"store {ref.store} was created for fingerprint {meta.get('fingerprint')!r}, "
             f"not {ref.fingerprint!r}"
         )
-    update = {"haloflow": {**meta, **_jsonable(extra), "complete": True}}
+    _update_group_attributes(ref.store, _sealed_attributes(attrs, extra, image_label))
+
+
+def _sealed_attributes(attributes: Mapping[str, Any], extra: Mapping[str, Any],
+                       image_label: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A store group's top-level attributes once sealed: ``haloflow`` with `extra` and ``complete``; any image-label."""
+    sealed = {"haloflow": {**attributes["haloflow"], **_jsonable(dict(extra)), "complete": True}}
     if image_label is not None:
-        update["ome"] = {**attrs["ome"], "image-label": _jsonable(dict(image_label))}
-    _update_group_attributes(ref.store, update)
+        sealed["ome"] = {**attributes["ome"], "image-label": _jsonable(dict(image_label))}
+    return sealed
+
+
+def stored_image_label(stats: Mapping[str, Any], source: str | None) -> dict[str, Any]:
+    """A label store's ``image-label`` metadata from its statistics (colours up to its largest label) and source."""
+    return ome.image_label(None if stats["max"] is None else int(stats["max"]), source)
 
 
 def is_complete(path: str | os.PathLike, fingerprint: str | None = None) -> bool:

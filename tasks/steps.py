@@ -323,8 +323,7 @@ def _seal(ref: ArrayRef, upstream: Upstream, stats: dict[str, Any], found: dict[
     if ref.kind != "labels":
         io.mark_complete(ref, **found)
         return
-    label = ome.image_label(None if stats["max"] is None else int(stats["max"]), _label_source(upstream, ref.store))
-    io.mark_complete(ref, image_label=label, **found)
+    io.mark_complete(ref, image_label=io.stored_image_label(stats, _label_source(upstream, ref.store)), **found)
 
 
 def _label_source(upstream: Upstream, store: str) -> str | None:
