@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -31,18 +32,31 @@ class Served:
         env["HALOFLOW_CLUSTER"] = cluster  # and the runner queries for runs every QUERY_SECONDS, as served
         self.api = api
         self.log = cwd / "serve.log"
+        self.started = datetime.now(timezone.utc)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", *args],
+            # faulthandler: a test that gives up on it makes it print every thread's stack (:meth:`stacks`).
+            [sys.executable, "-X", "faulthandler", "-m", "flows.cli", "serve", *args],
             env=env, cwd=cwd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def deployment(self, flow: str, name: str) -> dict:
-        def found():
-            self._check_alive()
-            response = httpx.get(f"{self.api}/deployments/name/{flow}/{name}")
-            return response.json() if response.status_code == 200 else None
+        """The deployment, once this process's runner has asked the server for its runs.
 
-        return wait_for(found, 90, f"deployment {flow}/{name}")
+        A deployment of the same name may be left from an earlier test's
+        ``haloflow serve``: it exists before this one has started. A run
+        created then would wait for a runner that is not there yet.
+        """
+
+        def polled():
+            self._check_alive()
+            response = httpx.get(f"{self.api}/deployments/name/{flow}/{name}", timeout=30)
+            if response.status_code != 200:
+                return None
+            deployment = response.json()
+            last = deployment.get("last_polled")
+            return deployment if last and datetime.fromisoformat(last) > self.started else None
+
+        return self._wait(polled, 90, f"deployment {flow}/{name} polled by this haloflow serve")
 
     def run(self, deployment: dict, parameters: dict) -> httpx.Response:
         """``POST .../create_flow_run`` as the UI's Run button does; a 5xx (SQLite busy on a loaded
@@ -61,7 +75,26 @@ class Served:
             run = httpx.get(f"{self.api}/flow_runs/{flow_run_id}", timeout=30).json()
             return run if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
-        return wait_for(final, timeout, f"flow run {flow_run_id}")
+        return self._wait(final, timeout, f"flow run {flow_run_id}")
+
+    def _wait(self, condition, timeout: float, what: str):
+        try:
+            return wait_for(condition, timeout, what)
+        except AssertionError as timed_out:
+            raise AssertionError(f"{self.stacks()}\n{timed_out}") from None
+
+    def stacks(self) -> str:
+        """Stop the process with SIGABRT, which makes it print its threads' stacks, and return its log's end.
+
+        For a test that has given up on it: where was it stuck?
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGABRT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        return "haloflow serve's log, ending with its threads' stacks:\n" + self.log.read_text()[-4000:]
 
     def _check_alive(self):
         if self.process.poll() is not None:
