@@ -26,8 +26,8 @@ from collections.abc import Iterator, Sequence
 
 from flows.runner import forkserver_usable
 
-#: What the fork server imports once: Prefect's flow engine and the flows.
-PRELOAD = ("prefect.flow_engine", "flows.pipeline")
+#: What the fork server imports once: Prefect's flow engine, the flows, and what a run imports lazily.
+PRELOAD = ("prefect.flow_engine", "flows.pipeline", "flows.run_preload")
 
 
 class _ForkserverFirst:

@@ -366,7 +366,8 @@ def _run(spec, args, cluster, launch=None) -> int:
     watcher = RunWatcher(spec, console.progress, console.stage)
     private_server = configured_api_url() is None  # started for this run, stopped with it
     with _quick_client_tls(cluster), tame_logs(console) as logs:  # settings first: Prefect reads them as it is imported
-        importing = _import_in_background("flows.pipeline")  # 1.3-1.4 s, while the server and the cluster start
+        # 1.3-1.4 s, while the server and the cluster start; then what the run would import on its way
+        importing = _import_in_background("flows.pipeline", "flows.run_preload")
         with _api_and_cluster(cluster, args, launch) as where, _closing(console), watcher:
             importing.join()
             from flows.pipeline import batch_flow, large_image_flow
@@ -400,8 +401,8 @@ def _quick_client_tls(cluster):
     return quick_client_tls((configured_api_url() or local_api_url(0)) if cluster.is_local else None)
 
 
-def _import_in_background(module: str) -> threading.Thread:
-    """Import ``module`` in a daemon thread (an import that fails is raised again by the caller's own import).
+def _import_in_background(*modules: str) -> threading.Thread:
+    """Import ``modules``, in order, in a daemon thread (an import that fails is raised again by the caller's own import).
 
     Importing the flows (Prefect's engine, Dask, zarr) takes over a second;
     started here, it overlaps the wait for the Prefect server and the cluster.
@@ -410,10 +411,11 @@ def _import_in_background(module: str) -> threading.Thread:
     """
 
     def load() -> None:
-        with contextlib.suppress(Exception):
-            importlib.import_module(module)
+        for module in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(module)
 
-    thread = threading.Thread(target=load, name=f"haloflow-import-{module}", daemon=True)
+    thread = threading.Thread(target=load, name=f"haloflow-import-{modules[0]}", daemon=True)
     thread.start()
     return thread
 

@@ -38,6 +38,8 @@ def where_am_i(record: str) -> None:
 
     Path(record).write_text(json.dumps({
         "pid": os.getpid(), "ppid": os.getppid(), "preloaded": "flows.pipeline" in sys.modules,
+        # What a run imports lazily (flows.run_preload): Pillow's PNG plugin is one no run imports before its end.
+        "lazy_preloaded": "flows.run_preload" in sys.modules and "PIL.PngImagePlugin" in sys.modules,
         "marker": os.environ.get("HALOFLOW_TEST_MARKER"),
     }))
 
@@ -54,7 +56,7 @@ def test_a_run_started_inside_is_forked_from_the_fork_server_and_completes(tmp_p
     seen = json.loads(record.read_text())
     assert seen["ppid"] != os.getpid()  # a spawned run is a child of this process
     assert psutil.Process(seen["ppid"]).ppid() == os.getpid()  # the fork server is
-    assert seen["preloaded"]
+    assert seen["preloaded"] and seen["lazy_preloaded"]
     assert seen["marker"] == "set-later"
     assert prefect.flow_engine.multiprocessing is multiprocessing
 

@@ -244,11 +244,13 @@ def test_the_flows_are_imported_in_the_background_and_a_failed_import_is_left_to
     assert thread.daemon and thread.is_alive()  # the caller goes on meanwhile
     thread.join(timeout=10)
     assert sys.modules["slow_flows_module"].LOADED
-    _import_in_background("broken_flows_module").join(timeout=10)
+    (tmp_path / "after_broken_module.py").write_text("LOADED = True\n")
+    _import_in_background("broken_flows_module", "after_broken_module").join(timeout=10)
     assert "broken_flows_module" not in sys.modules
+    assert sys.modules["after_broken_module"].LOADED  # the next module is imported all the same
     with pytest.raises(ImportError, match="broken on purpose"):
         importlib.import_module("broken_flows_module")
-    del sys.modules["slow_flows_module"]
+    del sys.modules["slow_flows_module"], sys.modules["after_broken_module"]
 
 
 def test_the_haloflow_command_returns_mains_code_and_freezes_what_is_left_for_the_exit(monkeypatch):
