@@ -2,12 +2,11 @@
 
 A flow run's process has imported Prefect's engine and the flows, yet on
 its way to the first stage, and while it publishes a stage's artifacts, it
-still imports about 50 ms of modules on first use: Prefect's flow
-visualisation (graphviz) and log observers, anyio's streams, rich's emoji
-table, the Tornado and metadata modules a Dask client needs to connect,
-and Pillow's plugins for the common formats (a thumbnail's first save
-loads them).
-Measured with ``PYTHONPROFILEIMPORTTIME`` in served runs.
+still imports about 50 ms of modules on first use (``PYTHONPROFILEIMPORTTIME``
+in served runs): Prefect's flow visualisation (graphviz) and log observers,
+anyio's streams, rich's emoji table, the Tornado and metadata modules a Dask
+client needs to connect, and Pillow's plugins for the common formats (a
+thumbnail's first save loads them).
 
 Importing this module imports those: ``haloflow serve``'s fork server
 preloads it (:mod:`deployments.forked_runs`), so each served run starts
