@@ -107,7 +107,7 @@ def batch_flow(
             sources[stem] = input_with_axes(spec, header)
         except (io.InputError, SpecError) as error:  # one unreadable image must not stop the others
             failures[stem] = {"step": "read", "error": str(error)}
-    record = RunRecord.start(spec, out, images=list(sources) + list(failures))
+    record = RunRecord.start(spec, out, images=list(sources) + list(failures), failed=failures)
     results_at = result_storage(out)
     logger = get_run_logger()
     images: dict[str, dict[str, Any]] = {"input": dict(sources)}

@@ -203,10 +203,11 @@ class RunWatcher:
     def _batch_progress(self, record: dict[str, Any], index: int, key: str) -> Progress:
         step = self.spec.steps[index]
         images = record.get("images", [])
+        failed = record.get("failed", {})  # no store will come for these: their headers, or an earlier step, failed
         done = looked = 0
         since = _seconds_since_epoch(record.get("started_at"))
         for image in images:
-            if (key, image) in self._complete:
+            if (key, image) in self._complete or image in failed:
                 done += 1
                 continue
             if looked == BATCH_LOOKAHEAD:

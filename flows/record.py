@@ -91,8 +91,14 @@ class RunRecord:
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def start(cls, spec: PipelineSpec, out: str, images: list[str] | None = None, source=None) -> "RunRecord":
-        """A new record; ``source``: the resolved input (an InputSpec), recorded as ``source`` (see :func:`source_entry`)."""
+    def start(cls, spec: PipelineSpec, out: str, images: list[str] | None = None, source=None,
+              failed: dict[str, dict[str, str]] | None = None) -> "RunRecord":
+        """A new record; ``source``: the resolved input (an InputSpec), recorded as ``source`` (see :func:`source_entry`).
+
+        ``failed``: a batch's images that failed already (their headers could
+        not be read), recorded at once as :meth:`finish` records every failure:
+        the progress bar counts them as done.
+        """
         data = {
             "spec": spec.model_dump(mode="json", exclude_none=True),
             "versions": package_versions(),
@@ -102,6 +108,8 @@ class RunRecord:
         }
         if images is not None:
             data["images"] = images
+        if failed:
+            data["failed"] = dict(failed)
         if source is not None:
             data["source"] = source_entry(source)
         record = cls(storage.join(out, "run.json"), data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import io as _io
 import logging
 import os
@@ -196,6 +197,26 @@ def test_a_batch_poll_looks_at_a_bounded_number_of_unfinished_images(tmp_path, m
         counts.append(watcher._batch_progress(record, 0, "01_gaussian").done)
         assert len(looked_at) <= progress_module.BATCH_LOOKAHEAD
     assert counts == [64, 100, 101, 101]  # the image finished ahead is counted once the poll reaches it
+
+
+def test_a_batch_poll_counts_an_image_whose_header_failed_as_done(tmp_path, monkeypatch):
+    """The record names it at the run's start: no store comes for it, and no stage has said so yet."""
+    from flows import progress as progress_module
+    from flows.record import RunRecord
+    from flows.spec import load_spec
+
+    spec = load_spec({"flow": "batch", "input": str(tmp_path / "*.tif"), "output": str(tmp_path / "out"),
+                      "steps": [{"op": "gaussian", "sigma": 1.0}]})
+    (tmp_path / "out").mkdir()
+    failed = {"broken": {"step": "read", "error": "not a TIFF"}}
+    RunRecord.start(spec, str(tmp_path / "out"), images=["a", "broken"], failed=failed)
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["failed"] == failed and record["status"] == "running"
+    watcher = progress_module.RunWatcher(spec, lambda p: None, lambda entry: None)
+    monkeypatch.setattr(watcher, "_upstream", lambda stages, image: image)
+    monkeypatch.setattr(progress_module, "step_fingerprint", lambda step, upstream: "fp")
+    progress = watcher._batch_progress(record, 0, "01_gaussian")
+    assert (progress.done, progress.total) == (1, 2)  # "a" has no store yet
 
 
 def test_a_batch_poll_counts_stores_this_run_sealed_without_reading_their_images(tmp_path, monkeypatch):
