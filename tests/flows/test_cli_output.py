@@ -266,7 +266,10 @@ def test_the_flows_are_imported_in_the_background_and_a_failed_import_is_left_to
     thread.join(timeout=10)
     assert sys.modules["slow_flows_module"].LOADED
     (tmp_path / "after_broken_module.py").write_text("LOADED = True\n")
-    _import_in_background("broken_flows_module", "after_broken_module").join(timeout=10)
+    then = []
+    _import_in_background("broken_flows_module", "after_broken_module",
+                          then=lambda: then.append("after_broken_module" in sys.modules)).join(timeout=10)
+    assert then == [True]  # what follows the imports runs once they are done, failed or not
     assert "broken_flows_module" not in sys.modules
     assert sys.modules["after_broken_module"].LOADED  # the next module is imported all the same
     with pytest.raises(ImportError, match="broken on purpose"):
