@@ -6,8 +6,8 @@ can begin, and the batch flow's first work is reading every image's header
 command lists the images during that wait anyway; :func:`read_ahead` reads
 their headers there too, in a thread of the command's process. The flow then
 takes (:func:`recall`) each header read ahead for a file that is unchanged
-since (same device, inode, size and modification time, checked again) and
-reads the others itself.
+since (same size and modification time, checked again: what the input's
+fingerprint compares) and reads the others itself.
 
 What is read ahead is taken once: :func:`recall` stops the reader, hands
 over what it read and forgets it, so a later run in the same process reads
@@ -17,26 +17,24 @@ reads it again and reports the error.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tasks import io
+from tasks import io, storage
 
 _lock = threading.Lock()
-_read: dict[str, tuple[tuple[int, ...], io.InputSpec]] = {}
+_read: dict[str, tuple[tuple[str, int, str], io.InputSpec]] = {}
 _reader: threading.Thread | None = None
 _stop = threading.Event()
 
 
-def file_signature(path: str) -> tuple[int, ...] | None:
-    """The file's device, inode, size and modification time (ns); None when it cannot be stat-ed."""
+def file_signature(path: str) -> tuple[str, int, str] | None:
+    """What an input's fingerprint knows of the file (:func:`tasks.storage.stat`); None when it cannot be stat-ed."""
     try:
-        found = os.stat(path)
+        return storage.stat(path)
     except OSError:
         return None
-    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def read_ahead(paths: Sequence[str]) -> threading.Thread:
