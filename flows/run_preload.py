@@ -4,6 +4,7 @@ A flow run's process has imported Prefect's engine and the flows, yet on
 its way to the first stage, and while it publishes a stage's artifacts, it
 still imports about 50 ms of modules on first use (``PYTHONPROFILEIMPORTTIME``
 in served runs): Prefect's flow visualisation (graphviz) and log observers,
+FastAPI's encoders (as a flow called in the process creates its run),
 anyio's streams, rich's emoji table, the Tornado and metadata modules a Dask
 client needs to connect, and Pillow's plugins for the common formats (a
 thumbnail's first save loads them).
@@ -23,6 +24,7 @@ import importlib
 LAZY_IMPORTS = (
     "prefect.utilities.visualization",  # the flow engine, at a run's start
     "prefect._internal.observers",
+    "fastapi.encoders",  # a flow called here, as it creates its run (Flow.serialize_parameters): 0.12-0.2 s
     "anyio.streams.memory",
     "anyio.streams.stapled",
     "anyio.streams.tls",

@@ -34,6 +34,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+import orjson
 import tifffile
 import zarr
 from dask.base import tokenize
@@ -726,48 +727,37 @@ def _group_document(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return {"attributes": dict(attributes), "zarr_format": 3, "node_type": "group"}
 
 
-#: Levels of a ``zarr.json`` written one key or item to a line; deeper values take one line each.
-ZARR_JSON_LEVELS = 4
-
-
 def _zarr_json_text(document: Mapping[str, Any]) -> str:
-    """JSON text for zarr metadata: indented, non-finite numbers as ``NaN`` / ``Infinity`` (as zarr writes them).
+    """JSON text for zarr metadata, as zarr writes it: indented two spaces a level, ASCII, non-finite numbers as ``NaN``.
 
-    The first :data:`ZARR_JSON_LEVELS` levels are indented two spaces a
-    level; anything deeper (a label's colour, an axis), and any list of
-    plain values (a shape), is written on one line. ``json.dumps`` with an
-    indent runs in Python, without one in C: a batch label store's two
-    documents took 0.4-0.6 ms to write fully indented, 0.15 ms so. The same
-    JSON either way.
+    orjson writes it in C: a batch label store's two documents in 0.01 ms,
+    against 0.28 ms for ``json.dumps`` with an indent, which runs in Python.
+    orjson would write a non-finite number as ``null`` and other scripts'
+    letters unescaped: a document whose text has a ``null`` or is not
+    ASCII, or that orjson does not take (a key that is not a string, an
+    integer past 64 bits, a NumPy scalar), is written by ``json.dumps``.
 
-    >>> colors = [{"label-value": 1, "rgba": [9, 9, 9, 255]}]
-    >>> print(_zarr_json_text({"attributes": {"ome": {"image-label": {"colors": colors}}}, "shape": [4, 5]}))
+    >>> print(_zarr_json_text({"colors": [{"label-value": 1, "rgba": [9, 255]}], "mean": float("nan")}))
     {
-      "attributes": {
-        "ome": {
-          "image-label": {
-            "colors": [
-              {"label-value": 1, "rgba": [9, 9, 9, 255]}
-            ]
-          }
+      "colors": [
+        {
+          "label-value": 1,
+          "rgba": [
+            9,
+            255
+          ]
         }
-      },
-      "shape": [4, 5]
+      ],
+      "mean": NaN
     }
     """
-    return _indented_json(document, 0)
-
-
-def _indented_json(value: Any, depth: int) -> str:
-    flat = isinstance(value, list) and not any(isinstance(item, (dict, list)) for item in value)
-    if depth > ZARR_JSON_LEVELS or flat or not isinstance(value, (dict, list)) or not value:
-        return json.dumps(value)
-    inner, outer = "  " * (depth + 1), "  " * depth
-    if isinstance(value, dict):
-        lines = [f"{inner}{json.dumps(str(key))}: {_indented_json(item, depth + 1)}" for key, item in value.items()]
-        return "{\n" + ",\n".join(lines) + "\n" + outer + "}"
-    lines = [f"{inner}{_indented_json(item, depth + 1)}" for item in value]
-    return "[\n" + ",\n".join(lines) + "\n" + outer + "]"
+    try:
+        text = orjson.dumps(document, option=orjson.OPT_INDENT_2)
+    except TypeError:  # orjson.JSONEncodeError is one
+        text = b"null"
+    if b"null" in text or not text.isascii():
+        return json.dumps(document, indent=2)
+    return text.decode("ascii")
 
 
 def write_blocks(array: da.Array, ref: ArrayRef, *, skip: Any = (), levels: BlockLevels | None = None) -> dict[tuple[int, ...], Delayed]:
