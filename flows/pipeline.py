@@ -23,7 +23,7 @@ from tasks import io, stages, storage
 from tasks.artifacts import artifact_key, publish_batch_stage, publish_failures, publish_stage
 from tasks.cluster import compute_on_cluster
 from tasks.reference import fingerprint
-from tasks.steps import HeldTable, ImageFailure, StepResult, fuse, step_fingerprint, stored_root
+from tasks.steps import ImageFailure, StepResult, fuse, measured_with_labels, step_fingerprint, stored_root
 from tasks.stages import PerImage, batch_headers, batch_image_stage, batch_table_stage, image_stage, table_stage
 
 
@@ -113,7 +113,7 @@ def batch_flow(
     logger = get_run_logger()
     images: dict[str, dict[str, Any]] = {"input": dict(sources)}
     upstream: dict[str, Any] = dict(sources)
-    held: dict[str, HeldTable] = {}  # the columns the stage before a measure step took from its labels
+    tables_ahead: dict[int, Any] = {}  # step number -> its table stage, submitted with the label stage's future
     with ArtifactPublisher(logger) as publisher:
         for number, (step, kept) in enumerate(zip(spec.steps, kept_steps(spec.steps, spec.keep)), start=1):
             key = stage_key(number, step)
@@ -124,14 +124,16 @@ def batch_flow(
                 record.add_fused(number, step)
                 continue
             if step.op == "measure":
-                named = {stem: {n: found[stem] for n, found in images.items() if stem in found} for stem in upstream}
-                intensity = {stem: measure_intensity(step, named[stem]) for stem in upstream} if step.intensity else None
-                stage = batch_table_stage.with_options(**stage_options(results_at, True))
-                result, _ = run_stage(
-                    stage, step, PerImage(upstream), storage.join(out, f"{key}.csv"), key,
-                    None if intensity is None else PerImage(intensity), PerImage(held) if held else None,
-                    submitted=publisher.release,
-                )
+                if number in tables_ahead:
+                    result = stage_result(tables_ahead.pop(number), since=started)
+                else:
+                    named = {stem: {n: found[stem] for n, found in images.items() if stem in found} for stem in upstream}
+                    intensity = {stem: measure_intensity(step, named[stem]) for stem in upstream} if step.intensity else None
+                    stage = batch_table_stage.with_options(**stage_options(results_at, True))
+                    result, _ = run_stage(
+                        stage, step, PerImage(upstream), storage.join(out, f"{key}.csv"), key,
+                        None if intensity is None else PerImage(intensity), submitted=publisher.release,
+                    )
                 for stem, error in result.info.get("failed", {}).items():
                     failures[stem] = {"step": key, "error": error}
                 record.add_stage(number, step, result, seconds=time.perf_counter() - started)
@@ -140,8 +142,12 @@ def batch_flow(
                 first_chunks = spec.chunks if all(stored_root(up) is sources[s] for s, up in upstream.items()) else None
                 fresh = not all(io.is_complete(stores[s], step_fingerprint(step, up)) for s, up in upstream.items())
                 stage = batch_image_stage.with_options(**stage_options(results_at, fresh))
-                measure = following if following is not None and following.op == "measure" else None
+                measure = following if measured_with_labels(following) else None
                 future = stage.submit(step, PerImage(upstream), PerImage(stores), key, first_chunks, measure)
+                if measure is not None:  # reads this stage's results: Dask starts it when this one ends
+                    table = storage.join(out, f"{stage_key(number + 1, measure)}.csv")
+                    tables_ahead[number + 1] = batch_table_stage.with_options(**stage_options(results_at, True)).submit(
+                        measure, future, table, stage_key(number + 1, measure))
                 publisher.release()
                 results = future.result()
                 if future.state.name == "Cached":
@@ -151,7 +157,6 @@ def batch_flow(
                     if isinstance(r, ImageFailure):
                         failures[stem] = {"step": key, "error": r.error}
                 upstream = {stem: r.ref for stem, r in results.items() if not isinstance(r, ImageFailure)}
-                held = {stem: r.table for stem, r in results.items() if not isinstance(r, ImageFailure) and r.table}
                 images.setdefault(step_name(step), upstream)
                 record.add_batch_stage(number, step, results, seconds=time.perf_counter() - started)
             logger.info("%s: %d images in %.1f s", key, len(upstream), time.perf_counter() - started)

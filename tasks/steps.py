@@ -469,6 +469,11 @@ def measure_key(params: OpParams) -> str:
     return fingerprint(params.model_dump(mode="json", exclude={"name"}))
 
 
+def measured_with_labels(params: OpParams | None) -> bool:
+    """Whether a batch label stage measures this step while it holds the labels: a measure step of the labels alone."""
+    return params is not None and params.op == "measure" and not lift.needs_intensity(params)
+
+
 def measure_held(params: OpParams, labels: np.ndarray, axes: ImageAxes, calibration: Calibration) -> HeldTable | None:
     """A measure step's columns for labels held in memory, as :func:`measure_columns` gives them from their store.
 
@@ -477,7 +482,7 @@ def measure_held(params: OpParams, labels: np.ndarray, axes: ImageAxes, calibrat
     labels, or any other failure (the measure stage then fails, or not, as
     it would have, and names the image).
     """
-    if params.op != "measure" or lift.needs_intensity(params) or axes.split or labels.dtype.kind not in "iu":
+    if not measured_with_labels(params) or axes.split or labels.dtype.kind not in "iu":
         return None
     try:
         columns = lift.measure_whole(labels, params)

@@ -11,7 +11,7 @@ from tasks import lift, steps
 from tasks.axes import ImageAxes
 from tasks.ome import Calibration
 from tasks.reference import ArrayRef
-from tasks.stages import PerImage, batch_table_key
+from tasks.stages import PerImage, batch_table_key, label_refs
 
 UM = "micrometer"
 
@@ -57,11 +57,21 @@ def test_the_table_key_names_what_is_measured_not_what_was_held(labels):
     refs = {name: ArrayRef(f"/x/{name}/03_label.ome.zarr", "0", (30, 40), "uint32", (30, 40), "labels", fp)
             for name, fp in (("a", "f" * 16), ("b", "e" * 16))}
     params = MeasureParams(properties=["label", "area"])
-    held = {"a": steps.measure_held(params, labels, ImageAxes(2), Calibration.none(2))}
+    held = steps.measure_held(params, labels, ImageAxes(2), Calibration.none(2))
+    results = {"a": steps.StepResult(refs["a"], 0.1, table=held), "b": steps.StepResult(refs["b"], 0.1)}
 
-    def key(params, held=None, refs=refs):
-        return batch_table_key(None, {"params": params, "labels": PerImage(refs), "intensity": None, "held": held})
+    def key(params, labels=refs):
+        return batch_table_key(None, {"params": params, "labels": labels, "intensity": None})
 
-    assert key(params) == key(params, PerImage(held))
+    assert key(params) == key(params, PerImage(refs)) == key(params, results)
     assert key(params) != key(MeasureParams(properties=["label", "extent"]))
-    assert key(params) != key(params, refs={**refs, "b": refs["a"]})
+    assert key(params) != key(params, {**refs, "b": refs["a"]})
+
+
+def test_a_label_stage_s_results_give_the_stores_and_columns_of_the_images_it_did_not_fail(labels):
+    ref = ArrayRef("/x/a/03_label.ome.zarr", "0", (30, 40), "uint32", (30, 40), "labels", "f" * 16)
+    held = steps.measure_held(MeasureParams(properties=["label"]), labels, ImageAxes(2), Calibration.none(2))
+    results = {"a": steps.StepResult(ref, 0.1, table=held), "b": steps.ImageFailure("unreadable"),
+               "c": steps.StepResult(ref, 0.1)}
+    assert label_refs(results) == ({"a": ref, "c": ref}, {"a": held})
+    assert label_refs(PerImage({"a": ref})) == ({"a": ref}, {})
