@@ -23,7 +23,7 @@ from tasks import io, stages, storage
 from tasks.artifacts import artifact_key, publish_batch_stage, publish_failures, publish_stage
 from tasks.cluster import compute_on_cluster
 from tasks.reference import fingerprint
-from tasks.steps import ImageFailure, StepResult, fuse, measured_with_labels, step_fingerprint, stored_root
+from tasks.steps import ImageFailure, StepResult, fuse, measures_labels_only, step_fingerprint, stored_root
 from tasks.stages import PerImage, batch_headers, batch_image_stage, batch_table_stage, image_stage, table_stage
 
 
@@ -142,9 +142,9 @@ def batch_flow(
                 first_chunks = spec.chunks if all(stored_root(up) is sources[s] for s, up in upstream.items()) else None
                 fresh = not all(io.is_complete(stores[s], step_fingerprint(step, up)) for s, up in upstream.items())
                 stage = batch_image_stage.with_options(**stage_options(results_at, fresh))
-                measure = following if measured_with_labels(following) else None
-                future = stage.submit(step, PerImage(upstream), PerImage(stores), key, first_chunks, measure)
-                if measure is not None:  # reads this stage's results: Dask starts it when this one ends
+                future = stage.submit(step, PerImage(upstream), PerImage(stores), key, first_chunks)
+                if measures_labels_only(following):  # reads only this stage's results: Dask starts it when this one ends
+                    measure = following
                     table = storage.join(out, f"{stage_key(number + 1, measure)}.csv")
                     tables_ahead[number + 1] = batch_table_stage.with_options(**stage_options(results_at, True)).submit(
                         measure, future, table, stage_key(number + 1, measure))

@@ -54,12 +54,12 @@ def batch_stage_key(context, parameters: dict[str, Any]) -> str:
 def batch_table_key(context, parameters: dict[str, Any]) -> str:
     """Cache key of a batch table stage: each image's table's fingerprint (what it measures, and how).
 
-    The columns the label stage measured are what these fingerprints give,
-    so they are left out: hashed as Prefect's default key hashes parameters,
-    a 2000-image table stage's took 0.07-0.18 s.
+    Prefect's default key hashes a task's parameters: 0.07-0.18 s for a
+    2000-image table stage's (the label stage's results, with each image's
+    measurements, which an earlier version carried in them).
     """
     params, intensity = parameters["params"], parameters.get("intensity")
-    refs, _ = label_refs(parameters["labels"])
+    refs = label_refs(parameters["labels"])
     per_image = [
         (name, steps.step_fingerprint(params, ref, None if intensity is None else intensity[name]))
         for name, ref in refs.items()
@@ -146,22 +146,17 @@ def batch_image_stage(
     stores: dict[str, str],
     key: str,
     chunks: list[int] | None = None,
-    measure: OpParams | None = None,
 ) -> PerImage:
     """Run one step on every image, in worker tasks of a few images each, whole or in the given chunks.
 
     The results come as a :class:`PerImage` (image -> :class:`StepResult` or
     :class:`tasks.steps.ImageFailure`): Prefect walks a task's result that is
     a dict, and a stage that reads this one walks its parameters, looking for
-    futures: 0.3-0.4 s each time for 2000 images' results.
-
-    ``measure``: the measure step that reads these images next. An image held
-    whole is measured while its result is in memory, and its result carries
-    the columns (:func:`tasks.steps.measure_held`), which
-    :func:`batch_table_stage` then takes instead of reading the store again.
+    futures: 0.3-0.4 s each time for 2000 images' results (with each
+    image's measurements, which an earlier version carried in them).
     """
     work = [
-        partial(steps.isolated, steps.run_whole_image_step, params, upstream, stores[image], name=key, measure=measure)
+        partial(steps.isolated, steps.run_whole_image_step, params, upstream, stores[image], name=key)
         if chunks is None and _held_whole(upstream)
         else partial(
             steps.isolated, steps.run_image_step, params, upstream, stores[image], name=key,
@@ -198,22 +193,17 @@ def batch_table_stage(
 
     ``labels``: each image's label store, or the label stage's results (the
     flow submits this stage with the label stage's future, so that it starts
-    as soon as that one ends). Images the label stage failed are left out;
-    the columns it measured while it held an image's labels
-    (:func:`batch_image_stage`) are taken as they are when they were made for
-    this very step, and the other images' labels are read and measured here.
+    as soon as that one ends); images the label stage failed are left out.
     """
-    labels, held = label_refs(labels)
-    ready = _held_columns(params, held)
+    labels = label_refs(labels)
     work = [
         partial(
             steps.isolated, steps.measure_columns, params, ref, intensity=None if intensity is None else intensity[image],
             compute=steps.local_compute, whole=_held_whole(ref),
         )
-        for image, ref in labels.items() if image not in ready
+        for image, ref in labels.items()
     ]
-    measured_here = dict(zip((image for image in labels if image not in ready), run_in_groups(work, most=MAX_LIGHT_GROUP)))
-    per_image = {image: ready[image] if image in ready else measured_here[image] for image in labels}
+    per_image = dict(zip(labels, run_in_groups(work, most=MAX_LIGHT_GROUP)))
     failed = {image: r.error for image, r in per_image.items() if isinstance(r, steps.ImageFailure)}
     measured = {image: r for image, r in per_image.items() if image not in failed}
     columns = concatenate_tables(list(measured), list(measured.values()))
@@ -222,23 +212,12 @@ def batch_table_stage(
     parts = [ref.fingerprint for ref in labels.values()] + [params.model_dump(mode="json", exclude={"name"})]
     ref = TableRef(table, rows, tuple(columns), fingerprint(*parts))
     info = {"rows": rows, "failed": failed} if failed else {"rows": rows}
-    if ready:
-        info["measured_with_labels"] = sum(image in ready for image in labels)
     return StepResult(ref, 0.0, info=info)
 
 
-def label_refs(labels: Mapping[str, Any]) -> tuple[dict[str, ArrayRef], dict[str, steps.HeldTable]]:
-    """Each image's label store and the columns measured with its labels, from stores or from a label stage's results."""
-    if not any(isinstance(r, (StepResult, steps.ImageFailure)) for r in labels.values()):
-        return dict(labels), {}
-    done = {image: r for image, r in labels.items() if isinstance(r, StepResult)}
-    return {image: r.ref for image, r in done.items()}, {image: r.table for image, r in done.items() if r.table}
-
-
-def _held_columns(params: OpParams, held: Mapping[str, steps.HeldTable]) -> dict[str, dict[str, np.ndarray]]:
-    """The held columns made by this measure step (the same :func:`tasks.steps.measure_key`), by image."""
-    key = steps.measure_key(params) if held else None
-    return {image: table.columns for image, table in held.items() if table.measure == key}
+def label_refs(labels: Mapping[str, Any]) -> dict[str, ArrayRef]:
+    """Each image's label store, given the stores or a label stage's results (its failed images left out)."""
+    return {image: steps.written(r) for image, r in labels.items() if not isinstance(r, steps.ImageFailure)}
 
 
 #: Most images one worker task of a batch stage processes: a task of a few images costs the scheduler

@@ -75,8 +75,6 @@ class StepResult:
     seconds: float
     status: str = "computed"
     info: dict[str, Any] = field(default_factory=dict)
-    #: A batch label image's measurements, taken while its labels were in memory (:func:`measure_held`).
-    table: HeldTable | None = field(default=None, repr=False, compare=False)
 
     @property
     def fingerprint(self) -> str:
@@ -86,19 +84,6 @@ class StepResult:
     def to_dict(self) -> dict[str, Any]:
         kind = "table" if isinstance(self.ref, TableRef) else "array"
         return {"kind": kind, "ref": self.ref.to_dict(), "seconds": self.seconds, "status": self.status, "info": self.info}
-
-
-@dataclass(frozen=True)
-class HeldTable:
-    """One image's measurement columns, computed by the stage that held its labels in memory.
-
-    ``measure``: the measure step's :func:`measure_key`; the table stage takes
-    the columns only for the same step (a stage result read back from the
-    cache may have been measured for another one).
-    """
-
-    measure: str
-    columns: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -288,8 +273,7 @@ def run_image_step(
     return StepResult(ref, time.perf_counter() - started, status=status, info=found)
 
 
-def run_whole_image_step(params: OpParams, upstream: Upstream, store: str, *, name: str,
-                         measure: OpParams | None = None) -> StepResult:
+def run_whole_image_step(params: OpParams, upstream: Upstream, store: str, *, name: str) -> StepResult:
     """:func:`run_image_step` for an image small enough to be held whole (a batch image): no Dask graph.
 
     The stored input is read once; it, any fused steps beneath, and the op
@@ -297,10 +281,6 @@ def run_whole_image_step(params: OpParams, upstream: Upstream, store: str, *, na
     as the store's one block. The store, its metadata and what is recorded
     are those :func:`run_image_step` gives the image in one block, without
     lower-resolution levels. A store left unfinished is made again.
-
-    ``measure``: the measure step that reads this store next. Its columns are
-    computed from the result still in memory (:func:`measure_held`) and come
-    with the result as its ``table``; a store found complete is not measured.
     """
     started = time.perf_counter()
     info = get_op(params.op)
@@ -316,16 +296,14 @@ def run_whole_image_step(params: OpParams, upstream: Upstream, store: str, *, na
     chunks = _piece_chunks(result.shape, out_axes)
     blocks = int(np.prod([-(-n // c) for n, c in zip(result.shape, chunks)]))
     found = {**found, "blocks": {"total": blocks, "written": blocks, "reused": 0}}
-    calibration = _kept_calibration(upstream_calibration(upstream), axes, out_axes)
     # Written and sealed in one go: an unfinished store is made again, not resumed.
     ref, stats = io.save_whole(
         result, store, chunks=chunks, kind=info.gives, fingerprint=fp, name=name, axes=out_axes.names,
-        calibration=calibration, found=found,
+        calibration=_kept_calibration(upstream_calibration(upstream), axes, out_axes), found=found,
         label_source=_label_source(upstream, store),
     )
     found = {**found, "stats": {k: v for k, v in stats.items() if k != "count"}}
-    table = None if measure is None else measure_held(measure, result, out_axes, calibration)
-    return StepResult(ref, time.perf_counter() - started, info=found, table=table)
+    return StepResult(ref, time.perf_counter() - started, info=found)
 
 
 def read_upstream_whole(upstream: Upstream) -> tuple[np.ndarray, dict[str, Any]]:
@@ -453,42 +431,15 @@ def measure_columns(
         columns = lift.measure_whole(io.read_ref_whole(labels), params, intensity=intensity_array)
     else:
         columns = lift.measure(io.read_ref(labels), params, intensity=intensity_array, compute=compute)
-    return _with_physical_columns(columns, io.store_calibration(labels.store), axes)
-
-
-def _with_physical_columns(columns: dict[str, np.ndarray], calibration: Calibration, axes: ImageAxes) -> dict[str, np.ndarray]:
-    """``columns`` and, when every spatial axis has a size with a unit, ``area`` and ``centroid`` in that unit."""
-    physical = ome.common_unit(calibration, axes.spatial)
+    physical = ome.common_unit(io.store_calibration(labels.store), axes.spatial)
     if physical is not None:
         columns.update(physical_columns(columns, *physical))
     return columns
 
 
-def measure_key(params: OpParams) -> str:
-    """What identifies a measure step's columns: its parameters, whatever the step is called."""
-    return fingerprint(params.model_dump(mode="json", exclude={"name"}))
-
-
-def measured_with_labels(params: OpParams | None) -> bool:
-    """Whether a batch label stage measures this step while it holds the labels: a measure step of the labels alone."""
+def measures_labels_only(params: OpParams | None) -> bool:
+    """Whether ``params`` is a measure step that reads only the labels (none of its properties needs an intensity image)."""
     return params is not None and params.op == "measure" and not lift.needs_intensity(params)
-
-
-def measure_held(params: OpParams, labels: np.ndarray, axes: ImageAxes, calibration: Calibration) -> HeldTable | None:
-    """A measure step's columns for labels held in memory, as :func:`measure_columns` gives them from their store.
-
-    None where :func:`measure_columns` must do it: a property that needs an
-    intensity image, labels with a channel or time axis, labels that are not
-    labels, or any other failure (the measure stage then fails, or not, as
-    it would have, and names the image).
-    """
-    if not measured_with_labels(params) or axes.split or labels.dtype.kind not in "iu":
-        return None
-    try:
-        columns = lift.measure_whole(labels, params)
-    except Exception:  # measured again by the measure stage, which reports it
-        return None
-    return HeldTable(measure_key(params), _with_physical_columns(columns, calibration, axes))
 
 
 def _channels_last(upstream: Upstream) -> da.Array:

@@ -1,17 +1,20 @@
-"""A batch measure step right after the labels: measured by the label stage while each image's labels are in memory.
+"""A batch measure step right after the labels: submitted with the label stage's future, started when that one ends.
 
-The table must be the one the measure stage makes from the stored labels
-(``tasks.steps.measure_columns``), physical-unit columns included, and
-``regionprops_table``'s; a later run that changes only the measure step must
-not take the columns measured for the earlier one. Runs on the session's
-Prefect server and Dask cluster (``tests/conftest.py``).
+The measure stage's task run must have the label stage's as its input (Prefect
+records the future it was given); the table must be the one the measure step
+makes from each stored label store (``tasks.steps.measure_columns``),
+physical-unit columns included, and ``regionprops_table``'s; a later run that
+changes only the measure step measures the cached labels again. A measure step
+that needs the intensity image is submitted once the labels are done. Runs on
+the session's Prefect server and Dask cluster (``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tifffile
@@ -50,8 +53,19 @@ def calibrated_images(tmp_path) -> Path:
     return folder
 
 
-def _table_stage(out: Path) -> dict:
-    return json.loads((out / "run.json").read_text())["stages"][3]
+def _run(flow, **parameters) -> tuple[dict, dict]:
+    """The flow's result, and its stages' task runs' inputs by name (from the Prefect API)."""
+    state = flow(**parameters, return_state=True)
+    api = os.environ["PREFECT_API_URL"]
+    runs = httpx.post(f"{api}/task_runs/filter", timeout=30,
+                      json={"flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}}}).json()
+    return state.result(), {run["name"]: (run["id"], run["task_inputs"]) for run in runs}
+
+
+def _reads_the_label_stage(task_runs: dict) -> bool:
+    label_id, _ = task_runs["03_label"]
+    _, inputs = task_runs["04_measure"]
+    return [item.get("id") for item in inputs["labels"]] == [label_id]
 
 
 def _rows(table: dict, stem: str) -> dict[str, np.ndarray]:
@@ -59,15 +73,16 @@ def _rows(table: dict, stem: str) -> dict[str, np.ndarray]:
     return {name: column[rows] for name, column in table.items() if name != "image"}
 
 
-def test_the_label_stage_measures_what_the_measure_stage_would_from_the_stores(tmp_path, calibrated_images, dask_cluster):
+def test_the_measure_stage_chained_to_the_labels_measures_the_stores(tmp_path, calibrated_images, dask_cluster):
     from flows import batch_flow
     from flows.runner import make_task_runner
 
     flow = batch_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))
     out = tmp_path / "out"
-    first = flow(input=str(calibrated_images / "*.tif"), steps=_steps(FIRST), output=str(out), keep=["label"])
+    first, task_runs = _run(flow, input=str(calibrated_images / "*.tif"), steps=_steps(FIRST), output=str(out),
+                            keep=["label"])
     assert first["status"] == "completed"
-    assert _table_stage(out)["info"]["measured_with_labels"] == len(SIZES)
+    assert _reads_the_label_stage(task_runs)
     table = io.read_table(out / "04_measure.csv")
     step = MeasureParams(op="measure", properties=FIRST)
     for stem, (y, x) in SIZES.items():
@@ -85,10 +100,11 @@ def test_the_label_stage_measures_what_the_measure_stage_would_from_the_stores(t
             np.testing.assert_array_equal(mine[name], column, err_msg=f"{stem}: {name}")
         np.testing.assert_allclose(mine[f"area_{UM}^2"], mine["area"] * y * x)
 
-    # Only the measure step changes: the labels come from the cache, with columns measured for FIRST.
-    again = flow(input=str(calibrated_images / "*.tif"), steps=_steps(SECOND), output=str(out), keep=["label"])
+    # Only the measure step changes: the labels come from the cache, the new properties are measured.
+    again, task_runs = _run(flow, input=str(calibrated_images / "*.tif"), steps=_steps(SECOND), output=str(out),
+                            keep=["label"])
     assert [s["status"] for s in again["stages"]][2:] == ["cached", "computed"]
-    assert "measured_with_labels" not in _table_stage(out)["info"]
+    assert _reads_the_label_stage(task_runs)
     table = io.read_table(out / "04_measure.csv")
     assert [name for name in table if not name.startswith(("area_", "centroid_"))] == ["image", *SECOND]
     for stem in SIZES:
@@ -106,9 +122,9 @@ def test_a_measure_step_that_needs_the_intensity_is_left_to_the_measure_stage(tm
     flow = batch_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))
     out = tmp_path / "out"
     properties = ["label", "area", "intensity_mean"]
-    result = flow(input=str(calibrated_images / "*.tif"), steps=_steps(properties), output=str(out))
+    result, task_runs = _run(flow, input=str(calibrated_images / "*.tif"), steps=_steps(properties), output=str(out))
     assert result["status"] == "completed"
-    assert "measured_with_labels" not in _table_stage(out)["info"]
+    assert not _reads_the_label_stage(task_runs)
     table = io.read_table(out / "04_measure.csv")
     for stem in SIZES:
         labels = zarr.open_array(str(out / stem / "03_label.ome.zarr"), path="0", mode="r")[...]
