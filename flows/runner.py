@@ -52,6 +52,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import importlib
 import logging
 import os
 import shutil
@@ -64,7 +65,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,10 @@ _SERVER_DEFAULTS_ONLY = {
 _SEEDED_SERVER_SETTINGS = {
     "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
     "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+    # Nor are its migrations run again: the seed is one per Prefect version (:func:`database_seed_dir`),
+    # saved after its server's migrations ended. Alembic's check that there is none to run costs
+    # about 0.2 s before the server answers.
+    "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
 }
 
 _RUNNING: set[LocalServer] = set()
@@ -310,6 +315,7 @@ class LocalServer:
         self.log_path = Path(log_path)
         self._owns_home = owns_home
         self._log_file: Any = None
+        self._started_by = os.getpid()  # a process forked from this one (a local worker) leaves it alone
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -579,6 +585,8 @@ def start_local_server(home: Path | str | None = None, port: int | None = None,
 @atexit.register
 def _stop_leftover_servers() -> None:
     for server in list(_RUNNING):
+        if server._started_by != os.getpid():
+            continue
         with contextlib.suppress(Exception):
             server.stop(timeout=5, drain=False)
 
@@ -781,7 +789,8 @@ def api_and_local_cluster(seed_database: bool = False, launch: ServerLaunch | No
     """:func:`ensure_api` with a local Dask cluster started meanwhile; yield the cluster's address.
 
     The cluster (:class:`BackgroundCluster`, of :func:`local_cluster_kwargs`
-    made from ``cluster_options``) starts in a thread while the Prefect server
+    made from ``cluster_options``; ``start_method`` and ``then`` go to
+    :meth:`BackgroundCluster.start`) starts in a thread while the Prefect server
     starts: the two mostly wait on imports in their own processes, so a run
     is ready about a cluster start-up (3-4 s) sooner.  Its workers are given
     the API URL the server will answer on.  The cluster is closed before the
@@ -913,27 +922,36 @@ class BackgroundCluster:
         cluster.close()
     """
 
-    def __init__(self, kwargs: dict[str, Any], forked: bool = True) -> None:
+    def __init__(self, kwargs: dict[str, Any], start_method: str = "forkserver",
+                 then: Callable[[], Any] | None = None) -> None:
         import threading
 
+        if start_method not in _WORKER_STARTS:
+            raise ValueError(f"start_method must be one of {sorted(_WORKER_STARTS)}, not {start_method!r}")
         self._kwargs = kwargs
-        self._forked = forked
+        self._start_method = start_method
+        self._then = then
         self._cluster: Any = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._make, name="haloflow-cluster-start", daemon=True)
 
     @classmethod
-    def start(cls, env: dict[str, str] | None = None, *, forked: bool = True, **options: Any) -> BackgroundCluster:
+    def start(cls, env: dict[str, str] | None = None, *, start_method: str = "forkserver",
+              then: Callable[[], Any] | None = None, **options: Any) -> BackgroundCluster:
         """Begin starting a cluster of :func:`local_cluster_kwargs` (``options``), its workers given ``env``.
 
-        ``forked``: the workers are forked from this process's fork server
-        (:func:`forked_workers`); otherwise spawned, each importing for itself.
+        ``start_method``: how the workers start. ``"forkserver"``: forked from
+        this process's fork server (:func:`forked_workers`); ``"fork"``: forked
+        from this process once the starting thread has imported what they need
+        (:func:`forked_from_here`); ``"spawn"``: each a new interpreter that
+        imports for itself. ``then``: called in the starting thread once the
+        cluster runs (not if it failed); what it raises is ignored.
         """
         kwargs = local_cluster_kwargs(**options)
         if env:
             kwargs["env"] = {**kwargs.get("env", {}), **env}
-        started = cls(kwargs, forked)
+        started = cls(kwargs, start_method, then)
         started._thread.start()
         return started
 
@@ -942,7 +960,7 @@ class BackgroundCluster:
             _quiet_distributed_logging()
             from distributed import LocalCluster
 
-            with forked_workers() if self._forked else contextlib.nullcontext():
+            with _WORKER_STARTS[self._start_method]():
                 cluster = LocalCluster(**self._kwargs)
         except BaseException as error:  # handed to the thread that asks for the address
             self._error = error
@@ -950,9 +968,12 @@ class BackgroundCluster:
         with self._lock:
             self._cluster = cluster
             _STARTED_HERE.add(cluster.scheduler_address)
+        if self._then is not None:
+            with contextlib.suppress(Exception):
+                self._then()
 
     def address(self) -> str:
-        """The scheduler's address, once the cluster has started."""
+        """The scheduler's address, once the cluster has started (and ``then`` has returned)."""
         self._thread.join()
         if self._error is not None:
             raise RuntimeError(f"the local Dask cluster did not start: {self._error}") from self._error
@@ -985,6 +1006,13 @@ def forkserver_usable() -> bool:
     return "forkserver" in multiprocessing.get_all_start_methods() and sys.platform != "darwin"
 
 
+def fork_usable() -> bool:
+    """Whether workers can be forked from this process: a POSIX system other than macOS (:func:`forkserver_usable`)."""
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin"
+
+
 @contextlib.contextmanager
 def forked_workers() -> Iterator[None]:
     """Local Dask workers started in the block are forked from a process that has imported :data:`WORKER_IMPORTS`.
@@ -1014,6 +1042,41 @@ def forked_workers() -> Iterator[None]:
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         get_mp_context().set_forkserver_preload(list(WORKER_IMPORTS))  # ignored once one runs: its first user chose
         yield
+
+
+@contextlib.contextmanager
+def forked_from_here() -> Iterator[None]:
+    """Local Dask workers started in the block are forked from this process, once it has imported :data:`WORKER_IMPORTS`.
+
+    For a process that imports the flows anyway (``haloflow run``): the
+    imports are paid once, here, instead of once here and once in a fork
+    server at the same time (about 3 CPU s each, on a machine whose cores
+    the starting Prefect server also needs). The imports run in the calling
+    thread; start the block where no other thread of this process is
+    importing or holding a lock a worker needs. Distributed forks each worker
+    from a thread of its own; the worker keeps only that thread and starts its
+    own event loop. As with :func:`forked_workers`, a worker restarted later,
+    outside the block, is spawned; the worker's preload runs in it and reads
+    Prefect's settings again from its environment; and where forking is not
+    usable (:func:`fork_usable`), the workers are spawned.
+    """
+    if not fork_usable():
+        yield
+        return
+    import dask
+
+    for name in WORKER_IMPORTS:
+        importlib.import_module(name)
+    with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
+        yield
+
+
+#: How :class:`BackgroundCluster` starts its workers, by ``start_method``.
+_WORKER_STARTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+    "forkserver": forked_workers,
+    "fork": forked_from_here,
+    "spawn": contextlib.nullcontext,
+}
 
 
 def started_here(address: str) -> bool:

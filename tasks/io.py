@@ -2252,10 +2252,25 @@ def _array_metadata(store: str, component: str) -> dict[str, Any]:
     return document
 
 
+def _json_document(data: bytes) -> Any:
+    """A JSON document read by orjson (in C: 4-5 times quicker), or by :func:`json.loads` where orjson refuses it.
+
+    orjson takes standard JSON only; ``json.loads`` also reads the bare
+    ``NaN`` and ``Infinity`` that :func:`_zarr_json_text` and other writers
+    leave in a document with non-finite numbers, and integers over 64 bits.
+    A document neither reads raises ``json.JSONDecodeError`` (a ValueError)
+    or ``UnicodeDecodeError``.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data.decode("utf-8"))
+
+
 def _zarr_json(store: str, component: str, missing: str) -> dict[str, Any]:
     location = storage.join(store, component, "zarr.json") if component else storage.join(store, "zarr.json")
     try:
-        document = json.loads(storage.read_text(location))
+        document = _json_document(storage.read_bytes(location))
     except FileNotFoundError as exc:
         raise FileNotFoundError(missing) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -189,6 +189,8 @@ def test_server_environment_turns_off_what_a_run_server_does_not_use(tmp_path):
     seeded = runner.server_environment(tmp_path, 4321, base={}, seeded=True)
     assert seeded["PREFECT_API_BLOCKS_REGISTER_ON_START"] == "false"
     assert seeded["PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION"] == "false"
+    assert seeded["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] == "false"  # the seed was migrated when it was made
+    assert "PREFECT_SERVER_DATABASE_MIGRATE_ON_START" not in env
 
 
 def test_warm_up_sends_one_request_in_the_background_and_ignores_failures():
@@ -353,6 +355,37 @@ def test_local_cluster_workers_are_forked_from_a_process_that_imported_their_mod
     assert dask.config.get("distributed.worker.multiprocessing-method") == "spawn"  # only while the cluster starts
 
 
+def test_local_cluster_workers_forked_from_this_process_after_it_imported_their_modules():
+    api = "http://127.0.0.1:9/api"  # no server: only read back
+    called = []
+    cluster = runner.BackgroundCluster.start(env={"PREFECT_API_URL": api}, n_workers=2, start_method="fork",
+                                             then=lambda: called.append(sorted(runner.WORKER_IMPORTS)))
+    try:
+        with distributed.Client(cluster.address()) as client:
+            assert called == [sorted(runner.WORKER_IMPORTS)]  # ``then`` ran before the address came back
+            origins = list(client.run(_worker_origin).values())
+    finally:
+        cluster.close()
+    (parent, _), = {origin[:2] for origin in origins}
+    assert parent == os.getpid()  # forked from this process, not from a fork server
+    for _, _, imported, profiling, api_url in origins:
+        assert imported and profiling is False
+        assert api_url == api  # the worker's own environment, not this process's
+    import dask
+    assert dask.config.get("distributed.worker.multiprocessing-method") == "spawn"  # only while the cluster starts
+
+
+def test_a_cluster_that_fails_to_start_skips_then_and_names_the_problem():
+    called = []
+    cluster = runner.BackgroundCluster.start(n_workers=1, start_method="fork", then=lambda: called.append(1),
+                                             scheduler_port=-5)
+    with pytest.raises(RuntimeError, match="the local Dask cluster did not start"):
+        cluster.address()
+    assert called == []
+    with pytest.raises(ValueError, match="start_method must be one of"):
+        runner.BackgroundCluster({}, start_method="threads")
+
+
 def test_workers_are_spawned_where_no_fork_server_is_usable(monkeypatch):
     import dask
 
@@ -360,6 +393,11 @@ def test_workers_are_spawned_where_no_fork_server_is_usable(monkeypatch):
         assert dask.config.get("distributed.worker.multiprocessing-method") == "forkserver"
     monkeypatch.setattr(runner, "forkserver_usable", lambda: False)  # Windows, macOS
     with runner.forked_workers():
+        assert dask.config.get("distributed.worker.multiprocessing-method") == "spawn"
+    with runner.forked_from_here():
+        assert dask.config.get("distributed.worker.multiprocessing-method") == "fork"
+    monkeypatch.setattr(runner, "fork_usable", lambda: False)
+    with runner.forked_from_here():
         assert dask.config.get("distributed.worker.multiprocessing-method") == "spawn"
 
 
@@ -508,3 +546,17 @@ def test_flow_task_computes_on_the_cluster_workers(dask_cluster, prefect_api_url
     assert set(out["chunk_workers"]) <= workers
     assert out["pid"] != os.getpid()
     assert out["api_url"] == prefect_api_url  # workers inherited the session API
+
+
+def test_leftover_servers_are_stopped_only_by_the_process_that_started_them(monkeypatch):
+    stopped = []
+
+    class Recorded(runner.LocalServer):
+        def stop(self, *args, **kwargs):
+            stopped.append(self)
+
+    ours, forked_copy = Recorded.__new__(Recorded), Recorded.__new__(Recorded)
+    ours._started_by, forked_copy._started_by = os.getpid(), os.getpid() + 1  # as a forked worker sees its parent's
+    monkeypatch.setattr(runner, "_RUNNING", {ours, forked_copy})
+    runner._stop_leftover_servers()
+    assert stopped == [ours]
