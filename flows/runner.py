@@ -1058,15 +1058,16 @@ def forked_from_here() -> Iterator[None]:
     own event loop. As with :func:`forked_workers`, a worker restarted later,
     outside the block, is spawned; the worker's preload runs in it and reads
     Prefect's settings again from its environment; and where forking is not
-    usable (:func:`fork_usable`), the workers are spawned.
+    usable (:func:`fork_usable`), the workers are spawned (the imports are
+    made here all the same: this process needs them).
     """
+    for name in WORKER_IMPORTS:
+        importlib.import_module(name)
     if not fork_usable():
         yield
         return
     import dask
 
-    for name in WORKER_IMPORTS:
-        importlib.import_module(name)
     with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
         yield
 

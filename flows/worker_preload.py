@@ -86,6 +86,17 @@ def refresh_prefect_settings() -> None:
     refresh_global_settings_context()
 
 
+def dask_setup(worker) -> None:
+    """Called by distributed in each worker as it starts, after this module's import.
+
+    A worker forked from a process that had imported this module already
+    (:func:`flows.runner.forked_from_here`) does not run the module's code
+    again: it inherits the malloc thresholds and the Dask settings, but
+    Prefect's settings must still be read from its own environment.
+    """
+    refresh_prefect_settings()
+
+
 tune_malloc()
 dask.config.set(QUIET)
 refresh_prefect_settings()

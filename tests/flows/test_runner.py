@@ -355,8 +355,16 @@ def test_local_cluster_workers_are_forked_from_a_process_that_imported_their_mod
     assert dask.config.get("distributed.worker.multiprocessing-method") == "spawn"  # only while the cluster starts
 
 
-def test_local_cluster_workers_forked_from_this_process_after_it_imported_their_modules():
+def test_local_cluster_workers_forked_from_this_process_after_it_imported_their_modules(monkeypatch):
+    import prefect.context
+
+    import flows.worker_preload  # noqa: F401  imported before the fork: a worker does not run its code again
     api = "http://127.0.0.1:9/api"  # no server: only read back
+    # This process's settings name another API; a forked worker starts with them and must read its own.
+    monkeypatch.setattr(prefect.context, "GLOBAL_SETTINGS_CONTEXT", prefect.context.GLOBAL_SETTINGS_CONTEXT)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:8/api")
+    prefect.context.refresh_global_settings_context()
+    assert _prefect_api_url() == "http://127.0.0.1:8/api"
     called = []
     cluster = runner.BackgroundCluster.start(env={"PREFECT_API_URL": api}, n_workers=2, start_method="fork",
                                              then=lambda: called.append(sorted(runner.WORKER_IMPORTS)))
