@@ -358,7 +358,7 @@ def test_local_cluster_workers_are_forked_from_a_process_that_imported_their_mod
 def test_local_cluster_workers_forked_from_this_process_after_it_imported_their_modules(monkeypatch):
     import prefect.context
 
-    import flows.worker_preload  # noqa: F401  imported before the fork: a worker does not run its code again
+    importlib.import_module("flows.worker_preload")  # imported before the fork: a worker does not run its code again
     api = "http://127.0.0.1:9/api"  # no server: only read back
     # This process's settings name another API; a forked worker starts with them and must read its own.
     monkeypatch.setattr(prefect.context, "GLOBAL_SETTINGS_CONTEXT", prefect.context.GLOBAL_SETTINGS_CONTEXT)
