@@ -106,6 +106,8 @@ def _role(p: psutil.Process, root: psutil.Process, server: psutil.Process | None
         return "other"
     if "spawn" in cmd or "distributed" in cmd:
         return "dask workers"
+    if cmd and cmd == _cmdline(root):  # forked from the command itself (flows.runner.forked_from_here)
+        return "dask workers"
     return "other"
 
 
