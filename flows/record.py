@@ -123,19 +123,22 @@ class RunRecord:
         self.data["stages"].append(entry)
         self.save()
 
-    def add_fused(self, number: int, step, fused=None) -> None:
+    def add_fused(self, number: int, step, fused=None, save: bool = True) -> None:
         """A step not kept: no store, computed inside the next stage (whose ``info.fused`` holds what it found).
 
         ``fused``: the large image's fused step (its fingerprint is recorded); none for a batch's images.
+        ``save=False``: not written yet (the caller saves once it has added the other steps of the same stage).
         """
         entry = {"step": number, "name": stage_key(number, step), "op": step.op, "kind": "fused", "status": "fused",
                  "seconds": 0.0}
         if fused is not None:
             entry["fingerprint"] = fused.fingerprint
         self.data["stages"].append(entry)
-        self.save()
+        if save:
+            self.save()
 
-    def add_batch_stage(self, number: int, step, results: dict, seconds: float) -> None:
+    def add_batch_stage(self, number: int, step, results: dict, seconds: float, save: bool = True) -> None:
+        """A batch step's per-image results (``save`` as for :meth:`add_fused`)."""
         self.data["stages"].append(
             {
                 "step": number,
@@ -148,7 +151,8 @@ class RunRecord:
                 "images": {image: r.to_dict() for image, r in results.items()},
             }
         )
-        self.save()
+        if save:
+            self.save()
 
     def finish(self, failures: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
         """Record the run's end; what the flow returns: the record, with where it is.

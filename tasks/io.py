@@ -510,7 +510,7 @@ def _list_batch_images(text: str) -> list[str]:
         return sorted(_real(storage.join(text, n)) for n in names)
     if not _GLOB_CHARS.search(text):
         return [_existing(text, "batch image")]
-    found = [_real(p) for p in storage.glob_files(text)]
+    found = _real_files(storage.glob_files(text))
     if not found:
         raise InputError(f"glob pattern {text!r} matches no files")
     return sorted(found)
@@ -2371,6 +2371,25 @@ def _reaching(location: Any):
 def _real(location: str) -> str:
     """A URL as it is; a local path absolute, with symlinks resolved."""
     return location if storage.is_url(location) else str(Path(location).resolve())
+
+
+def _real_files(locations: list[str]) -> list[str]:
+    """:func:`_real` of many files: each folder resolved once, a file resolved on its own only if it is a symlink.
+
+    Resolving every one of 2000 paths took 0.04-0.15 s, one ``lstat`` per
+    folder of each path.
+    """
+    folders: dict[str, str] = {}
+    found = []
+    for location in locations:
+        if storage.is_url(location) or os.path.islink(location):
+            found.append(_real(location))
+            continue
+        folder, name = os.path.split(os.path.abspath(location))
+        if folder not in folders:
+            folders[folder] = _real(folder)
+        found.append(os.path.join(folders[folder], name))
+    return found
 
 
 def _check_chunks(chunks: Any, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -1,15 +1,16 @@
 """Prefect tasks: one stage each, run on the flow's Dask cluster, passing references.
 
 A large-image stage is one task that computes one step's chunk graph on the
-cluster. A batch stage is one task per step over a group of images, each
-image computed whole on a worker: Prefect's bookkeeping stays per stage,
-never per chunk or per small image.
+cluster. A batch image stage is one task for a run of image steps over all
+the images, each image taken through those steps whole, on a worker, in one
+call; a batch table stage one task for the table: Prefect's bookkeeping
+stays per stage, never per chunk or per small image.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -45,10 +46,30 @@ def table_stage_key(context, parameters: dict[str, Any]) -> str:
 
 
 def batch_stage_key(context, parameters: dict[str, Any]) -> str:
-    """Cache key of a batch stage: the fingerprints of all its images' outputs."""
-    params = parameters["params"]
-    per_image = [(name, steps.step_fingerprint(params, up)) for name, up in parameters["upstreams"].items()]
+    """Cache key of a batch stage: the fingerprints of all its images' outputs (its last step's: they include the others')."""
+    links = parameters["links"]
+    per_image = [(name, [link.name for link in links], chain_fingerprints(links, up)[-1])
+                 for name, up in parameters["upstreams"].items()]
     return "batch-" + fingerprint(per_image)
+
+
+def chain_fingerprints(links: Sequence[steps.Link], upstream: Upstream) -> list[str]:
+    """The fingerprint of each store a run of steps (:func:`batch_image_stage`) writes from ``upstream``."""
+    found = []
+    for index, link in enumerate(links):
+        if index:
+            upstream = link.on(_Planned(found[-1]))
+        found.append(steps.step_fingerprint(link.params, upstream))
+    return found
+
+
+class _Planned:
+    """A store not written yet, for fingerprints: its fingerprint only."""
+
+    __slots__ = ("fingerprint",)
+
+    def __init__(self, fingerprint: str) -> None:
+        self.fingerprint = fingerprint
 
 
 def batch_table_key(context, parameters: dict[str, Any]) -> str:
@@ -141,31 +162,117 @@ def table_stage(
 
 @task(name="batch-image-stage", task_run_name="{key}", cache_key_fn=batch_stage_key, **STAGE_OPTIONS)
 def batch_image_stage(
-    params: OpParams,
+    links: Sequence[steps.Link],
     upstreams: dict[str, Upstream],
-    stores: dict[str, str],
+    stores: Sequence[Mapping[str, str]],
     key: str,
     chunks: list[int] | None = None,
-) -> PerImage:
-    """Run one step on every image, in worker tasks of a few images each, whole or in the given chunks.
+    measure: OpParams | None = None,
+) -> ChainResults:
+    """Run one or more image steps in a row on every image, in worker tasks of a few images each.
 
-    The results come as a :class:`PerImage` (image -> :class:`StepResult` or
-    :class:`tasks.steps.ImageFailure`): Prefect walks a task's result that is
-    a dict, and a stage that reads this one walks its parameters, looking for
-    futures: 0.3-0.4 s each time for 2000 images' results (with each
-    image's measurements, which an earlier version carried in them).
+    ``links``: the kept steps, in order, each writing its own store
+    (``stores``: one mapping, image -> store, per link) and read by the next;
+    steps not kept between two links are fused on the later one's input
+    (:class:`tasks.steps.Link`). Each image runs its links one after the
+    other in the same call: an image held whole (the usual batch image) hands
+    each result to the next link from memory, never reading back what it has
+    just written. ``chunks``: the first link's chunks over the source image
+    (default: the image whole). ``measure``: the measure step that reads the
+    last link's labels next, and only them: each image's objects are measured
+    too, from the labels in memory, for the table stage to take
+    (:meth:`ChainResults.tables_for`).
+
+    The results come as a :class:`ChainResults`: Prefect walks a task's
+    result that is a dict, and a stage that reads this one walks its
+    parameters, looking for futures: 0.3-0.4 s each time for 2000 images'
+    results.
     """
     work = [
-        partial(steps.isolated, steps.run_whole_image_step, params, upstream, stores[image], name=key)
-        if chunks is None and _held_whole(upstream)
-        else partial(
-            steps.isolated, steps.run_image_step, params, upstream, stores[image], name=key,
-            chunks=_image_chunks(upstream, chunks), compute=steps.local_compute,
-            compute_blocks=steps.sync_compute_blocks, pyramid=False,
-        )
+        partial(_run_links, links, upstream, [links_stores[image] for links_stores in stores], key, chunks, measure)
         for image, upstream in upstreams.items()
     ]
-    return PerImage(dict(zip(upstreams, run_in_groups(work))))
+    done = dict(zip(upstreams, run_in_groups(work)))
+    if measure is None:
+        return ChainResults([link.name for link in links], done)
+    tables = {image: chain.pop() for image, chain in done.items() if not isinstance(chain[-1], steps.ImageFailure)}
+    return ChainResults([link.name for link in links], done, measured=(measure, tables))
+
+
+def _run_links(
+    links: Sequence[steps.Link], upstream: Upstream, stores: list[str], key: str, chunks: list[int] | None,
+    measure: OpParams | None = None,
+) -> list[Any]:
+    """One image's links, in order, until one fails (its :class:`tasks.steps.ImageFailure` ends the list).
+
+    With ``measure``, a last item follows the last link's result: the
+    image's table (columns), or the failure to measure it.
+    """
+    results: list[StepResult | steps.ImageFailure] = []
+    held = None
+    for index, (link, store) in enumerate(zip(links, stores)):
+        if index:
+            upstream, chunks = link.on(results[-1].ref), None
+        try:
+            if chunks is None and _held_whole(upstream):
+                result, held = steps.whole_image_step(link.params, upstream, store, name=link.name, held=held)
+            else:
+                held = None
+                result = steps.run_image_step(
+                    link.params, upstream, store, name=link.name, chunks=_image_chunks(upstream, chunks),
+                    compute=steps.local_compute, compute_blocks=steps.sync_compute_blocks, pyramid=False,
+                )
+        except Exception as error:  # this image's failure is recorded; the batch goes on
+            results.append(steps.ImageFailure(steps.describe_error(error)))
+            break
+        results.append(result)
+    if measure is not None and not isinstance(results[-1], steps.ImageFailure):
+        results.append(steps.isolated(steps.measure_columns, measure, results[-1].ref, compute=steps.local_compute,
+                                      whole=_held_whole(results[-1].ref), held=held))
+    return results
+
+
+class ChainResults(PerImage):
+    """A batch image stage's results: image -> its last step's result (or its failure), and each step's own.
+
+    Read as a mapping, it is what a table stage measures: each image's last
+    store, or why there is none. :meth:`step` gives one step's results,
+    leaving out the images that failed before it; :meth:`tables_for` the
+    images' tables, when the stage measured them for the table stage.
+    """
+
+    __slots__ = ("names", "_chains", "_measured")
+
+    def __init__(
+        self,
+        names: list[str],
+        chains: Mapping[str, list[StepResult | steps.ImageFailure]],
+        measured: tuple[OpParams, dict[str, Any]] | None = None,
+    ) -> None:
+        self.names = list(names)
+        self._chains = dict(chains)
+        self._measured = measured
+        super().__init__({image: chain[-1] for image, chain in self._chains.items()})  # a chain cut short ends failed
+
+    def step(self, name: str) -> dict[str, StepResult | steps.ImageFailure]:
+        """Step ``name``'s result for each image that reached it."""
+        index = self.names.index(name)
+        return {image: chain[index] for image, chain in self._chains.items() if len(chain) > index}
+
+    def tables_for(self, params: OpParams) -> dict[str, Any]:
+        """Each labelled image's table (or failure to measure it), if the stage measured with ``params``; else none.
+
+        A stage's result read back from Prefect's cache may have been
+        measured for another measure step: those tables are not given.
+        """
+        if self._measured is None:
+            return {}
+        measured_with, tables = self._measured
+        same = measured_with.model_dump(mode="json", exclude={"name"}) == params.model_dump(mode="json", exclude={"name"})
+        return dict(tables) if same else {}
+
+    def __repr__(self) -> str:
+        return f"ChainResults({len(self)} images, steps {self.names})"
 
 
 #: Fewest batch images whose headers are read on the cluster, a few images per worker task
@@ -194,16 +301,23 @@ def batch_table_stage(
     ``labels``: each image's label store, or the label stage's results (the
     flow submits this stage with the label stage's future, so that it starts
     as soon as that one ends); images the label stage failed are left out.
+    The images that stage measured already, from their labels in memory and
+    for these ``params`` (:meth:`ChainResults.tables_for`), are not measured
+    again: this stage then only joins and writes their tables.
     """
+    measured = labels.tables_for(params) if isinstance(labels, ChainResults) and intensity is None else {}
     labels = label_refs(labels)
+    left = [image for image in labels if image not in measured]
     work = [
         partial(
-            steps.isolated, steps.measure_columns, params, ref, intensity=None if intensity is None else intensity[image],
-            compute=steps.local_compute, whole=_held_whole(ref),
+            steps.isolated, steps.measure_columns, params, labels[image],
+            intensity=None if intensity is None else intensity[image], compute=steps.local_compute,
+            whole=_held_whole(labels[image]),
         )
-        for image, ref in labels.items()
+        for image in left
     ]
-    per_image = dict(zip(labels, run_in_groups(work, most=MAX_LIGHT_GROUP)))
+    found = {**measured, **dict(zip(left, run_in_groups(work, most=MAX_LIGHT_GROUP)))}
+    per_image = {image: found[image] for image in labels}
     failed = {image: r.error for image, r in per_image.items() if isinstance(r, steps.ImageFailure)}
     measured = {image: r for image, r in per_image.items() if image not in failed}
     columns = concatenate_tables(list(measured), list(measured.values()))

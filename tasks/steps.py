@@ -60,6 +60,25 @@ def fuse(params: OpParams, upstream: Upstream, name: str) -> Fused:
     return Fused(params, upstream, name, step_fingerprint(params, upstream))
 
 
+@dataclass(frozen=True)
+class Link:
+    """One kept step of a batch stage that runs several in a row (:func:`tasks.stages.batch_image_stage`).
+
+    ``fused``: the steps not kept between the previous kept step and this
+    one, as (params, name), fused on what the previous one wrote.
+    """
+
+    params: OpParams
+    name: str
+    fused: tuple[tuple[OpParams, str], ...] = ()
+
+    def on(self, written: Upstream) -> Upstream:
+        """What this step reads, given what the previous kept step wrote."""
+        for params, name in self.fused:
+            written = fuse(params, written, name)
+        return written
+
+
 def stored_root(upstream: Upstream) -> ArrayRef | io.InputSpec:
     """The stored stage or source image beneath any fused steps."""
     while isinstance(upstream, Fused):
@@ -282,12 +301,31 @@ def run_whole_image_step(params: OpParams, upstream: Upstream, store: str, *, na
     are those :func:`run_image_step` gives the image in one block, without
     lower-resolution levels. A store left unfinished is made again.
     """
+    return whole_image_step(params, upstream, store, name=name)[0]
+
+
+@dataclass(frozen=True)
+class Held:
+    """A store's whole content, still in memory where it was just written: the next step reads it from here."""
+
+    ref: ArrayRef
+    array: np.ndarray
+
+
+def whole_image_step(
+    params: OpParams, upstream: Upstream, store: str, *, name: str, held: Held | None = None
+) -> tuple[StepResult, Held | None]:
+    """:func:`run_whole_image_step`, and what it wrote, held for a next step (None when the store was complete already).
+
+    ``held``: the stored input (or the store beneath its fused steps), as it
+    was written: read from memory instead of from the store.
+    """
     started = time.perf_counter()
     info = get_op(params.op)
     fp = step_fingerprint(params, upstream)
     if io.is_complete(store, fp):
-        return _cached_result(store, started)
-    image, fused = read_upstream_whole(upstream)
+        return _cached_result(store, started), None
+    image, fused = read_upstream_whole(upstream, held)
     axes = upstream_axes(upstream)
     result, found = lift.lift_whole(image, params, axes=axes, value_range=recorded_range(upstream, image.dtype))
     if fused:
@@ -303,16 +341,21 @@ def run_whole_image_step(params: OpParams, upstream: Upstream, store: str, *, na
         label_source=_label_source(upstream, store),
     )
     found = {**found, "stats": {k: v for k, v in stats.items() if k != "count"}}
-    return StepResult(ref, time.perf_counter() - started, info=found)
+    return StepResult(ref, time.perf_counter() - started, info=found), Held(ref, np.asarray(result))
 
 
-def read_upstream_whole(upstream: Upstream) -> tuple[np.ndarray, dict[str, Any]]:
-    """The image a step reads, in memory, with any fused steps beneath it applied; what their global phases found."""
+def read_upstream_whole(upstream: Upstream, held: Held | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The image a step reads, in memory, with any fused steps beneath it applied; what their global phases found.
+
+    ``held``: a store's content already in memory, taken instead of reading that store.
+    """
     if isinstance(upstream, ArrayRef):
+        if held is not None and held.ref == upstream:
+            return held.array, {}
         return io.read_ref_whole(upstream), {}
     if not isinstance(upstream, Fused):
         return io.read_whole(upstream), {}
-    image, found = read_upstream_whole(upstream.upstream)
+    image, found = read_upstream_whole(upstream.upstream, held)
     known = recorded_range(upstream.upstream, image.dtype)
     result, own = lift.lift_whole(image, upstream.params, axes=upstream_axes(upstream.upstream), value_range=known)
     return result, {**found, upstream.name: own}
@@ -394,11 +437,14 @@ def measure_columns(
     intensity: Upstream | list[Upstream] | None = None,
     compute=cluster_compute,
     whole: bool = False,
+    held: Held | None = None,
 ):
     """The measurement table's columns, computed over the label store's chunks.
 
     ``whole``: the labels are read whole into memory and measured there
     (:func:`tasks.lift.measure_whole`; a batch image), not chunk by chunk.
+    ``held``: the label store's content, still in memory where it was just
+    written (:func:`whole_image_step`): measured whole from there.
 
     ``intensity``: one image, or a list of images (per-image columns ``-0``, ``-1``, ... in list order).
     One image may have a channel axis (the labels then come from one of its
@@ -427,7 +473,9 @@ def measure_columns(
         intensity_array = [open_lazy(image) for image in intensity]
     else:
         intensity_array = None if intensity is None else _channels_last(intensity)
-    if whole:
+    if held is not None and held.ref == labels:
+        columns = lift.measure_whole(held.array, params, intensity=intensity_array)
+    elif whole:
         columns = lift.measure_whole(io.read_ref_whole(labels), params, intensity=intensity_array)
     else:
         columns = lift.measure(io.read_ref(labels), params, intensity=intensity_array, compute=compute)

@@ -142,6 +142,7 @@ def test_batch_goes_on_past_bad_images(tmp_path, capsys, dask_cluster, monkeypat
         for name in ("01_gaussian", "02_threshold", "03_label"):
             assert io.is_complete(out / f"good_{seed}" / f"{name}.ome.zarr")
     assert not io.is_complete(out / "with_nan" / "02_threshold.ome.zarr")
+    assert io.is_complete(out / "with_nan" / "01_gaussian.ome.zarr")  # written before its threshold failed, kept
     table = io.read_table(out / "04_measure.csv")
     assert set(table["image"]) == {"good_1", "good_2", "good_3"}
     record = json.loads((out / "run.json").read_text())

@@ -63,7 +63,8 @@ def _run(flow, **parameters) -> tuple[dict, dict]:
 
 
 def _reads_the_label_stage(task_runs: dict) -> bool:
-    label_id, _ = task_runs["03_label"]
+    """Whether the measure stage was handed the future of the stage that wrote the labels (with the steps before, if kept)."""
+    label_id, _ = next(run for name, run in task_runs.items() if "03_label" in name.split("+"))
     _, inputs = task_runs["04_measure"]
     return [item.get("id") for item in inputs["labels"]] == [label_id]
 

@@ -124,6 +124,39 @@ def test_batch_keeps_only_the_labels_and_the_table_and_equals_keeping_all(tmp_pa
     assert [s["status"] for s in again["stages"]][:3] == ["fused", "fused", "cached"]
 
 
+@pytest.mark.slow
+def test_batch_runs_kept_steps_in_one_stage_and_fuses_the_unkept_one_between(tmp_path, dask_cluster):
+    import httpx
+
+    from flows import batch_flow
+    from flows.runner import make_task_runner
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(3):
+        tifffile.imwrite(folder / f"field{index}.tif", demo_volume((47, 52 - 4 * index), n_objects=7, seed=10 + index))
+    flow = batch_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))
+    every = flow(input=str(folder / "*.tif"), steps=STEPS, output=str(tmp_path / "all"))
+    state = flow(input=str(folder / "*.tif"), steps=STEPS, output=str(tmp_path / "some"), keep=["gaussian", "label"],
+                 return_state=True)
+    some = state.result()
+    assert every["status"] == some["status"] == "completed"
+    assert [s["status"] for s in some["stages"]] == ["computed", "fused", "computed", "computed"]
+    runs = httpx.post(f"{os.environ['PREFECT_API_URL']}/task_runs/filter", timeout=30,
+                      json={"flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}}}).json()
+    assert sorted(run["name"] for run in runs) == ["01_gaussian+03_label", "04_measure"]
+    for index in range(3):
+        image, reference = tmp_path / "some" / f"field{index}", tmp_path / "all" / f"field{index}"
+        assert sorted(p.name for p in image.iterdir()) == ["01_gaussian.ome.zarr", "03_label.ome.zarr"]
+        for name in ("01_gaussian", "03_label"):
+            mine = zarr.open_array(str(image / f"{name}.ome.zarr"), path="0", mode="r")[...]
+            np.testing.assert_array_equal(mine, zarr.open_array(str(reference / f"{name}.ome.zarr"), path="0", mode="r")[...])
+            assert io.store_info(image / f"{name}.ome.zarr")["fingerprint"] == io.store_info(reference / f"{name}.ome.zarr")["fingerprint"]
+    assert (tmp_path / "some" / "04_measure.csv").read_text() == (tmp_path / "all" / "04_measure.csv").read_text()
+    seconds = [s["seconds"] for s in some["stages"]]
+    assert seconds[0] > 0 and seconds[2] > 0 and seconds[1] == 0.0
+
+
 def _spec(tmp_path: Path, **fields) -> dict:
     return {"input": str(tmp_path / "in.tif"), "steps": STEPS, "output": str(tmp_path / "out"), **fields}
 

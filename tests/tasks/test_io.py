@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 import pickle
 
 import dask
@@ -607,6 +608,24 @@ def test_list_batch_images_and_read_image(tmp_path):
     with pytest.raises(InputError, match="empty"):
         (tmp_path / "empty").mkdir()
         list_batch_images(tmp_path / "empty")
+
+
+def test_listed_batch_images_have_their_folders_and_symlinks_resolved(tmp_path):
+    real = tmp_path / "real"
+    elsewhere = tmp_path / "elsewhere"
+    real.mkdir()
+    elsewhere.mkdir()
+    _write_tiff(real / "a.tif", _volume((4, 4), seed=1))
+    _write_tiff(elsewhere / "target.tif", _volume((4, 4), seed=2))
+    (real / "b.tif").symlink_to(elsewhere / "target.tif")
+    (tmp_path / "through").symlink_to(real)
+    (tmp_path / "through" / "sub").mkdir()
+    _write_tiff(real / "sub" / "c.tif", _volume((4, 4), seed=3))
+
+    listed = list_batch_images(str(tmp_path / "through" / "*.tif"))
+    assert listed == sorted([str(real / "a.tif"), str(elsewhere / "target.tif")])
+    nested = list_batch_images(str(tmp_path / "through" / "**" / "*.tif"))
+    assert nested == sorted([str(real / "a.tif"), str(elsewhere / "target.tif"), str(real / "sub" / "c.tif")])
 
 
 # ---------------------------------------------------------------- tables

@@ -1,0 +1,170 @@
+"""A batch image stage runs several kept steps in a row on each image, handing each result on from memory.
+
+With the measure step that follows, it also measures each image's labels from memory, and the table
+stage takes those tables, only when they were measured for its own measure step.
+
+Each store must equal (data, fingerprint) what the steps give run one stage
+at a time, each reading the previous store; the later steps must not read
+back what was just written; a step not kept between two kept ones is fused
+on the held result; an image whose step fails stops there, its earlier
+stores kept, and the other images go on.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from skimage import filters, measure
+
+from flows.demo import demo_volume
+from imageops.catalog import ChannelParams, GaussianParams, LabelParams, MeasureParams, ThresholdParams
+from tasks import io, stages, steps
+from tasks.reference import ArrayRef
+from tasks.steps import ImageFailure, Link, StepResult
+
+GAUSSIAN = GaussianParams(op="gaussian", sigma=1.5)
+OTSU = ThresholdParams(op="threshold", method="otsu")
+LABEL = LabelParams(op="label", connectivity=1)
+NAMES = ["01_gaussian", "02_threshold", "03_label"]
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "field.tif"
+    tifffile.imwrite(path, demo_volume((57, 46), n_objects=9, seed=3))
+    return io.resolve_input(str(path))
+
+
+def _stored(ref) -> np.ndarray:
+    return zarr.open_array(ref.store, path="0", mode="r")[...]
+
+
+def _one_stage_at_a_time(source, folder) -> list[StepResult]:
+    """The three steps as three stages would run them: each reads the store the previous one wrote."""
+    upstream, results = source, []
+    for params, name in zip([GAUSSIAN, OTSU, LABEL], NAMES):
+        results.append(steps.run_whole_image_step(params, upstream, str(folder / f"{name}.ome.zarr"), name=name))
+        upstream = results[-1].ref
+    return results
+
+
+def _never_read_back(monkeypatch):
+    def refuse(ref):
+        raise AssertionError(f"{ref.store} was read back")
+
+    monkeypatch.setattr(io, "read_ref_whole", refuse)
+
+
+def test_kept_steps_in_a_row_equal_one_stage_at_a_time_without_reading_back(tmp_path, source, monkeypatch):
+    separate = _one_stage_at_a_time(source, tmp_path / "separate")
+    _never_read_back(monkeypatch)
+    links = [Link(GAUSSIAN, NAMES[0]), Link(OTSU, NAMES[1]), Link(LABEL, NAMES[2])]
+    stores = [str(tmp_path / "chained" / f"{name}.ome.zarr") for name in NAMES]
+    chained = stages._run_links(links, source, stores, "+".join(NAMES), None)
+
+    assert [type(r) for r in chained] == [StepResult] * 3
+    assert [r.fingerprint for r in chained] == [r.fingerprint for r in separate]
+    assert stages.chain_fingerprints(links, source) == [r.fingerprint for r in separate]
+    for mine, theirs in zip(chained, separate):
+        np.testing.assert_array_equal(_stored(mine.ref), _stored(theirs.ref))
+        assert io.is_complete(mine.ref.store, mine.fingerprint)
+        assert mine.info["stats"] == theirs.info["stats"]
+    # and against scikit-image on the whole image
+    blurred = filters.gaussian(tifffile.imread(source.paths[0]).astype(np.float32), sigma=1.5, preserve_range=True)
+    expected = measure.label(blurred > filters.threshold_otsu(blurred), connectivity=1)
+    np.testing.assert_array_equal(_stored(chained[2].ref), expected)
+
+
+def test_a_step_not_kept_between_two_kept_ones_is_fused_on_the_held_result(tmp_path, source, monkeypatch):
+    separate = _one_stage_at_a_time(source, tmp_path / "separate")
+    _never_read_back(monkeypatch)
+    links = [Link(GAUSSIAN, NAMES[0]), Link(LABEL, NAMES[2], fused=((OTSU, NAMES[1]),))]
+    stores = [str(tmp_path / "kept" / f"{name}.ome.zarr") for name in (NAMES[0], NAMES[2])]
+    gaussian, labels = stages._run_links(links, source, stores, "chain", None)
+
+    assert not (tmp_path / "kept" / f"{NAMES[1]}.ome.zarr").exists()
+    assert labels.fingerprint == separate[2].fingerprint  # the store a run keeping all would have
+    assert stages.chain_fingerprints(links, source)[-1] == separate[2].fingerprint
+    np.testing.assert_array_equal(_stored(labels.ref), _stored(separate[2].ref))
+    assert labels.info["fused"][NAMES[1]]["threshold"] == separate[1].info["threshold"]
+
+
+def test_complete_stores_are_reused_and_the_next_step_reads_them(tmp_path, source):
+    links = [Link(GAUSSIAN, NAMES[0]), Link(OTSU, NAMES[1]), Link(LABEL, NAMES[2])]
+    stores = [str(tmp_path / f"{name}.ome.zarr") for name in NAMES]
+    first = stages._run_links(links, source, stores, "chain", None)
+    (tmp_path / f"{NAMES[2]}.ome.zarr" / "zarr.json").unlink()  # the last store left unfinished
+    again = stages._run_links(links, source, stores, "chain", None)
+    assert [r.status for r in again] == ["cached", "cached", "computed"]
+    np.testing.assert_array_equal(_stored(again[2].ref), _stored(first[2].ref))
+
+
+def test_a_failing_step_ends_that_image_s_run_and_keeps_what_it_wrote(tmp_path, source):
+    no_channel = ChannelParams(op="channel", index=2)  # the image has no channel axis
+    links = [Link(GAUSSIAN, NAMES[0]), Link(no_channel, "02_channel"), Link(LABEL, "03_label")]
+    stores = [str(tmp_path / f"{name}.ome.zarr") for name in (NAMES[0], "02_channel", "03_label")]
+    results = stages._run_links(links, source, stores, "chain", None)
+
+    assert [type(r) for r in results] == [StepResult, ImageFailure]
+    assert "channel" in results[1].error
+    assert io.is_complete(results[0].ref.store, results[0].fingerprint)
+    assert not (tmp_path / "03_label.ome.zarr").exists()
+
+
+def test_chain_results_read_as_the_last_step_and_give_each_step_s():
+    done = [StepResult(None, 0.1), StepResult(None, 0.2)]
+    failed = [StepResult(None, 0.3), ImageFailure("no")]
+    chain = stages.ChainResults(["01_a", "02_b"], {"done": done, "failed": failed})
+
+    assert dict(chain) == {"done": done[1], "failed": failed[1]}
+    assert chain.step("01_a") == {"done": done[0], "failed": failed[0]}
+    assert chain.step("02_b") == {"done": done[1], "failed": failed[1]}
+    only_first = stages.ChainResults(["01_a", "02_b"], {"early": [ImageFailure("bad input")]})
+    assert only_first.step("02_b") == {} and only_first.step("01_a") == {"early": ImageFailure("bad input")}
+    copy = pickle.loads(pickle.dumps(chain))  # Prefect persists the stage's result
+    assert copy.names == chain.names and dict(copy) == dict(chain) and copy.step("01_a") == chain.step("01_a")
+
+
+def test_the_labels_are_measured_from_memory_for_the_measure_step_after_them(tmp_path, source, monkeypatch):
+    measure_step = MeasureParams(op="measure", properties=["label", "area", "centroid"])
+    links = [Link(GAUSSIAN, NAMES[0]), Link(OTSU, NAMES[1]), Link(LABEL, NAMES[2])]
+    stores = [str(tmp_path / f"{name}.ome.zarr") for name in NAMES]
+    _never_read_back(monkeypatch)
+    *results, columns = stages._run_links(links, source, stores, "chain", None, measure_step)
+    monkeypatch.undo()
+
+    from_store = steps.measure_columns(measure_step, results[-1].ref, whole=True)
+    assert list(columns) == list(from_store) and len(columns["label"]) > 3
+    for name, column in from_store.items():
+        np.testing.assert_array_equal(columns[name], column, err_msg=name)
+
+
+def test_chain_results_give_their_tables_only_to_the_measure_step_they_were_made_for():
+    measured = MeasureParams(op="measure", properties=["label", "area"])
+    tables = {"a": {"label": np.array([1]), "area": np.array([4.0])}}
+    chain = stages.ChainResults(["03_label"], {"a": [StepResult(None, 0.1)]}, measured=(measured, tables))
+
+    from flows.spec import MeasureStep  # a spec's step: its name does not change what it measures
+
+    assert chain.tables_for(MeasureStep(op="measure", properties=["label", "area"], name="other")) == tables
+    assert chain.tables_for(MeasureParams(op="measure", properties=["label", "area", "centroid"])) == {}
+    assert stages.ChainResults(["03_label"], {"a": [StepResult(None, 0.1)]}).tables_for(measured) == {}
+
+
+def test_the_table_stage_takes_the_tables_measured_in_the_image_stage(tmp_path):
+    measured = MeasureParams(op="measure", properties=["label", "area"])
+    ref = ArrayRef(str(tmp_path / "a.ome.zarr"), "0", (4, 4), "int32", (4, 4), "labels", "fp-a")
+    # columns no label store could give (there is none): the stage must take them as they are
+    tables = {"a": {"label": np.array([7, 9]), "area": np.array([1.5, 2.5])}}
+    chain = stages.ChainResults(["03_label"], {"a": [StepResult(ref, 0.1)], "b": [ImageFailure("unreadable")]},
+                                measured=(measured, tables))
+    result = stages.batch_table_stage.fn(measured, chain, str(tmp_path / "table.csv"), "04_measure")
+
+    table = io.read_table(tmp_path / "table.csv")
+    assert list(table["image"]) == ["a", "a"] and list(table["label"]) == [7, 9]
+    np.testing.assert_array_equal(table["area"], [1.5, 2.5])
+    assert result.info == {"rows": 2}
