@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -42,36 +43,43 @@ def run_size(images: int, work: Path, passthrough: list[str], reuse: bool = Fals
     return [r for r in runs if r.get("group") in SHORT]
 
 
+def per_image(runs: list[dict], group: str, images: int) -> tuple[float, float] | None:
+    """Median ms per image of one way of running over a size's runs: end to end, and in the stages."""
+    mine = [r for r in runs if r["group"] == group]
+    if not mine:
+        return None
+    wall = statistics.median(r["wall"] for r in mine)
+    stages = statistics.median(sum(r.get("extra", {}).get("stages", {}).values()) for r in mine)
+    return 1000 * wall / images, 1000 * stages / images
+
+
 def per_image_rows(sizes: dict[int, list[dict]]) -> list[str]:
-    """One row per batch size: ms per image, end to end and in the stages, for each way of running it."""
+    """One row per batch size: ms per image (medians of its runs), end to end and in the stages, for each way of running it."""
     head = "| images | " + " | ".join(f"{SHORT[g]}: wall ms / image | {SHORT[g]}: stages ms / image"
                                       if g != LOOP else "for-loop: wall ms / image" for g in SHORT) + " |"
     rows = [head, "| ---: " * (2 * len(SHORT)) + "|"]
     for images, runs in sizes.items():
         cells = [str(images)]
         for group in SHORT:
-            run = next((r for r in runs if r["group"] == group), None)
-            wall = f"{1000 * run['wall'] / images:.1f}" if run else "–"
+            found = per_image(runs, group, images)
             if group == LOOP:
-                cells.append(wall)
+                cells.append(f"{found[0]:.1f}" if found else "–")
                 continue
-            stages = sum((run or {}).get("extra", {}).get("stages", {}).values())
-            cells += [wall, f"{1000 * stages / images:.1f}" if run else "–"]
+            cells += [f"{found[0]:.1f}", f"{found[1]:.1f}"] if found else ["–", "–"]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
 def spread_lines(sizes: dict[int, list[dict]]) -> list[str]:
-    """How far the stages' time per image strays from its mean over the sizes, per way of running."""
+    """How far the stages' time per image (each size's median) strays from its mean over the sizes, per way of running."""
     lines = []
     for group in (HALOFLOW, HALOFLOW_KEEP):
-        per = [sum(r["extra"].get("stages", {}).values()) / images
-               for images, runs in sizes.items() for r in runs if r["group"] == group]
+        per = [found[1] for images, runs in sizes.items() if (found := per_image(runs, group, images))]
         if len(per) > 1:
             mean = sum(per) / len(per)
             worst = max(abs(p - mean) / mean for p in per)
             lines.append(f"- {SHORT[group]}: the stages' time per image is within ±{100 * worst:.0f} % of its mean "
-                         f"({1000 * mean:.1f} ms) over {len(per)} sizes")
+                         f"({mean:.1f} ms) over {len(per)} sizes")
     return lines
 
 
