@@ -56,6 +56,9 @@ _SESSION_ENV = {
     # Scheduled deployments are tested: the session server schedules, and promptly.
     "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "true",
     "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+    # A request answered 503 (an error Prefect deems retryable, e.g. SQLite busy) leaves its exception in the
+    # server's log, which the UI tests quote when the UI's create_flow_run keeps failing.
+    "PREFECT_API_LOG_RETRYABLE_ERRORS": "true",
 }
 
 
@@ -83,7 +86,8 @@ def pytest_configure(config: pytest.Config) -> None:
             raise
         os.environ["PREFECT_API_URL"] = server.api_url
         # pytest-xdist workers inherit the environment, not this object: they rebuild its address from here.
-        os.environ[_SERVER_ENV] = json.dumps({"url": server.url, "api_url": server.api_url, "port": server.port, "pid": server.pid})
+        os.environ[_SERVER_ENV] = json.dumps({"url": server.url, "api_url": server.api_url, "port": server.port, "pid": server.pid,
+                                              "log_path": str(server.log_path)})
     config.stash[_SERVER_KEY] = server
     config.stash[_ENV_KEY] = saved
 

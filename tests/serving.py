@@ -14,6 +14,18 @@ import httpx
 import pytest
 
 
+def retryable_errors(prefect_server, most: int = 60) -> str:
+    """The last lines of the session server's log from its last retryable error on (what a 503 hid), or why none."""
+    log = getattr(prefect_server, "log_path", None)
+    if not log or not Path(log).is_file():
+        return "(no server log)"
+    lines = Path(log).read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if "retryable exception" in line]
+    if not starts:
+        return "(the server logged no retryable error)"
+    return "the server's last retryable error:\n" + "\n".join(lines[starts[-1]:starts[-1] + most])
+
+
 def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,7 +9,7 @@ import tifffile
 
 from flows.demo import demo_volume
 from tests.browser import SCREENSHOTS, chromium
-from tests.serving import wait_for
+from tests.serving import retryable_errors, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_fill_and_run_the_large_image_form(serve, prefect_server, prefect_api_ur
                               json={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}}).json()
             page.screenshot(path=str(SCREENSHOTS / "ui-form-no-run.png"), full_page=True)
             seen = [(r["name"], r["state"]["type"], r["state"].get("message")) for r in runs]
-            return AssertionError(f"{served.stacks()}\n{what}; run {run_name!r}; "
+            return AssertionError(f"{served.stacks()}\n{retryable_errors(prefect_server)}\n{what}; run {run_name!r}; "
                                   f"the UI's writes: {answers[-12:]}; the deployment's runs: {seen}")
 
         # On a loaded machine the click sometimes creates no run: the server's SQLite database is busy with the
