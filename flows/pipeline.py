@@ -4,7 +4,7 @@
 # parameters' annotations must travel as objects, not as names only this module's globals resolve.
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -23,7 +23,7 @@ from tasks import io, stages, storage
 from tasks.artifacts import artifact_key, publish_batch_stage, publish_failures, publish_stage
 from tasks.cluster import compute_on_cluster
 from tasks.reference import fingerprint
-from tasks.steps import ImageFailure, Link, StepResult, fuse, measures_labels_only, step_fingerprint, stored_root
+from tasks.steps import ImageFailure, Link, Planned, StepResult, fuse, measures_labels_only, step_fingerprint, stored_root
 from tasks.stages import PerImage, batch_headers, batch_image_stage, batch_table_stage, image_stage, table_stage
 
 
@@ -338,13 +338,6 @@ def result_storage(out: str):
     block = RemoteFileSystem(basepath=basepath) if storage.is_url(basepath) else LocalFileSystem(basepath=basepath)
     block.save(name, overwrite=True)
     return block
-
-
-@dataclass(frozen=True)
-class Planned:
-    """A stage's output before the stage has run: its fingerprint, for the checks made when it is submitted."""
-
-    fingerprint: str
 
 
 class StageChain:

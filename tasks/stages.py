@@ -58,18 +58,9 @@ def chain_fingerprints(links: Sequence[steps.Link], upstream: Upstream) -> list[
     found = []
     for index, link in enumerate(links):
         if index:
-            upstream = link.on(_Planned(found[-1]))
+            upstream = link.on(steps.Planned(found[-1]))
         found.append(steps.step_fingerprint(link.params, upstream))
     return found
-
-
-class _Planned:
-    """A store not written yet, for fingerprints: its fingerprint only."""
-
-    __slots__ = ("fingerprint",)
-
-    def __init__(self, fingerprint: str) -> None:
-        self.fingerprint = fingerprint
 
 
 def batch_table_key(context, parameters: dict[str, Any]) -> str:
@@ -189,7 +180,7 @@ def batch_image_stage(
     results.
     """
     work = [
-        partial(_run_links, links, upstream, [links_stores[image] for links_stores in stores], key, chunks, measure)
+        partial(_run_links, links, upstream, [links_stores[image] for links_stores in stores], chunks, measure)
         for image, upstream in upstreams.items()
     ]
     done = dict(zip(upstreams, run_in_groups(work)))
@@ -200,7 +191,7 @@ def batch_image_stage(
 
 
 def _run_links(
-    links: Sequence[steps.Link], upstream: Upstream, stores: list[str], key: str, chunks: list[int] | None,
+    links: Sequence[steps.Link], upstream: Upstream, stores: list[str], chunks: list[int] | None,
     measure: OpParams | None = None,
 ) -> list[Any]:
     """One image's links, in order, until one fails (its :class:`tasks.steps.ImageFailure` ends the list).

@@ -61,6 +61,13 @@ def fuse(params: OpParams, upstream: Upstream, name: str) -> Fused:
 
 
 @dataclass(frozen=True)
+class Planned:
+    """A store before the step that writes it has run: its fingerprint, for the fingerprints of the steps after it."""
+
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class Link:
     """One kept step of a batch stage that runs several in a row (:func:`tasks.stages.batch_image_stage`).
 

@@ -64,7 +64,7 @@ def test_kept_steps_in_a_row_equal_one_stage_at_a_time_without_reading_back(tmp_
     _never_read_back(monkeypatch)
     links = [Link(GAUSSIAN, NAMES[0]), Link(OTSU, NAMES[1]), Link(LABEL, NAMES[2])]
     stores = [str(tmp_path / "chained" / f"{name}.ome.zarr") for name in NAMES]
-    chained = stages._run_links(links, source, stores, "+".join(NAMES), None)
+    chained = stages._run_links(links, source, stores, None)
 
     assert [type(r) for r in chained] == [StepResult] * 3
     assert [r.fingerprint for r in chained] == [r.fingerprint for r in separate]
@@ -84,7 +84,7 @@ def test_a_step_not_kept_between_two_kept_ones_is_fused_on_the_held_result(tmp_p
     _never_read_back(monkeypatch)
     links = [Link(GAUSSIAN, NAMES[0]), Link(LABEL, NAMES[2], fused=((OTSU, NAMES[1]),))]
     stores = [str(tmp_path / "kept" / f"{name}.ome.zarr") for name in (NAMES[0], NAMES[2])]
-    gaussian, labels = stages._run_links(links, source, stores, "chain", None)
+    gaussian, labels = stages._run_links(links, source, stores, None)
 
     assert not (tmp_path / "kept" / f"{NAMES[1]}.ome.zarr").exists()
     assert labels.fingerprint == separate[2].fingerprint  # the store a run keeping all would have
@@ -96,9 +96,9 @@ def test_a_step_not_kept_between_two_kept_ones_is_fused_on_the_held_result(tmp_p
 def test_complete_stores_are_reused_and_the_next_step_reads_them(tmp_path, source):
     links = [Link(GAUSSIAN, NAMES[0]), Link(OTSU, NAMES[1]), Link(LABEL, NAMES[2])]
     stores = [str(tmp_path / f"{name}.ome.zarr") for name in NAMES]
-    first = stages._run_links(links, source, stores, "chain", None)
+    first = stages._run_links(links, source, stores, None)
     (tmp_path / f"{NAMES[2]}.ome.zarr" / "zarr.json").unlink()  # the last store left unfinished
-    again = stages._run_links(links, source, stores, "chain", None)
+    again = stages._run_links(links, source, stores, None)
     assert [r.status for r in again] == ["cached", "cached", "computed"]
     np.testing.assert_array_equal(_stored(again[2].ref), _stored(first[2].ref))
 
@@ -107,7 +107,7 @@ def test_a_failing_step_ends_that_image_s_run_and_keeps_what_it_wrote(tmp_path, 
     no_channel = ChannelParams(op="channel", index=2)  # the image has no channel axis
     links = [Link(GAUSSIAN, NAMES[0]), Link(no_channel, "02_channel"), Link(LABEL, "03_label")]
     stores = [str(tmp_path / f"{name}.ome.zarr") for name in (NAMES[0], "02_channel", "03_label")]
-    results = stages._run_links(links, source, stores, "chain", None)
+    results = stages._run_links(links, source, stores, None)
 
     assert [type(r) for r in results] == [StepResult, ImageFailure]
     assert "channel" in results[1].error
@@ -134,7 +134,7 @@ def test_the_labels_are_measured_from_memory_for_the_measure_step_after_them(tmp
     links = [Link(GAUSSIAN, NAMES[0]), Link(OTSU, NAMES[1]), Link(LABEL, NAMES[2])]
     stores = [str(tmp_path / f"{name}.ome.zarr") for name in NAMES]
     _never_read_back(monkeypatch)
-    *results, columns = stages._run_links(links, source, stores, "chain", None, measure_step)
+    *results, columns = stages._run_links(links, source, stores, None, measure_step)
     monkeypatch.undo()
 
     from_store = steps.measure_columns(measure_step, results[-1].ref, whole=True)
