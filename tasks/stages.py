@@ -158,7 +158,6 @@ def batch_image_stage(
     stores: Sequence[Mapping[str, str]],
     key: str,
     chunks: list[int] | None = None,
-    measure: OpParams | None = None,
 ) -> ChainResults:
     """Run one or more image steps in a row on every image, in worker tasks of a few images each.
 
@@ -169,10 +168,7 @@ def batch_image_stage(
     other in the same call: an image held whole (the usual batch image) hands
     each result to the next link from memory, never reading back what it has
     just written. ``chunks``: the first link's chunks over the source image
-    (default: the image whole). ``measure``: the measure step that reads the
-    last link's labels next, and only them: each image's objects are measured
-    too, from the labels in memory, for the table stage to take
-    (:meth:`ChainResults.tables_for`).
+    (default: the image whole).
 
     The results come as a :class:`ChainResults`: Prefect walks a task's
     result that is a dict, and a stage that reads this one walks its
@@ -180,25 +176,16 @@ def batch_image_stage(
     results.
     """
     work = [
-        partial(_run_links, links, upstream, [links_stores[image] for links_stores in stores], chunks, measure)
+        partial(_run_links, links, upstream, [links_stores[image] for links_stores in stores], chunks)
         for image, upstream in upstreams.items()
     ]
-    done = dict(zip(upstreams, run_in_groups(work)))
-    if measure is None:
-        return ChainResults([link.name for link in links], done)
-    tables = {image: chain.pop() for image, chain in done.items() if not isinstance(chain[-1], steps.ImageFailure)}
-    return ChainResults([link.name for link in links], done, measured=(measure, tables))
+    return ChainResults([link.name for link in links], dict(zip(upstreams, run_in_groups(work))))
 
 
 def _run_links(
-    links: Sequence[steps.Link], upstream: Upstream, stores: list[str], chunks: list[int] | None,
-    measure: OpParams | None = None,
-) -> list[Any]:
-    """One image's links, in order, until one fails (its :class:`tasks.steps.ImageFailure` ends the list).
-
-    With ``measure``, a last item follows the last link's result: the
-    image's table (columns), or the failure to measure it.
-    """
+    links: Sequence[steps.Link], upstream: Upstream, stores: list[str], chunks: list[int] | None
+) -> list[StepResult | steps.ImageFailure]:
+    """One image's links, in order, until one fails (its :class:`tasks.steps.ImageFailure` ends the list)."""
     results: list[StepResult | steps.ImageFailure] = []
     held = None
     for index, (link, store) in enumerate(zip(links, stores)):
@@ -217,9 +204,6 @@ def _run_links(
             results.append(steps.ImageFailure(steps.describe_error(error)))
             break
         results.append(result)
-    if measure is not None and not isinstance(results[-1], steps.ImageFailure):
-        results.append(steps.isolated(steps.measure_columns, measure, results[-1].ref, compute=steps.local_compute,
-                                      whole=_held_whole(results[-1].ref), held=held))
     return results
 
 
@@ -228,39 +212,20 @@ class ChainResults(PerImage):
 
     Read as a mapping, it is what a table stage measures: each image's last
     store, or why there is none. :meth:`step` gives one step's results,
-    leaving out the images that failed before it; :meth:`tables_for` the
-    images' tables, when the stage measured them for the table stage.
+    leaving out the images that failed before it.
     """
 
-    __slots__ = ("names", "_chains", "_measured")
+    __slots__ = ("names", "_chains")
 
-    def __init__(
-        self,
-        names: list[str],
-        chains: Mapping[str, list[StepResult | steps.ImageFailure]],
-        measured: tuple[OpParams, dict[str, Any]] | None = None,
-    ) -> None:
+    def __init__(self, names: list[str], chains: Mapping[str, list[StepResult | steps.ImageFailure]]) -> None:
         self.names = list(names)
         self._chains = dict(chains)
-        self._measured = measured
         super().__init__({image: chain[-1] for image, chain in self._chains.items()})  # a chain cut short ends failed
 
     def step(self, name: str) -> dict[str, StepResult | steps.ImageFailure]:
         """Step ``name``'s result for each image that reached it."""
         index = self.names.index(name)
         return {image: chain[index] for image, chain in self._chains.items() if len(chain) > index}
-
-    def tables_for(self, params: OpParams) -> dict[str, Any]:
-        """Each labelled image's table (or failure to measure it), if the stage measured with ``params``; else none.
-
-        A stage's result read back from Prefect's cache may have been
-        measured for another measure step: those tables are not given.
-        """
-        if self._measured is None:
-            return {}
-        measured_with, tables = self._measured
-        same = measured_with.model_dump(mode="json", exclude={"name"}) == params.model_dump(mode="json", exclude={"name"})
-        return dict(tables) if same else {}
 
     def __repr__(self) -> str:
         return f"ChainResults({len(self)} images, steps {self.names})"
@@ -292,23 +257,16 @@ def batch_table_stage(
     ``labels``: each image's label store, or the label stage's results (the
     flow submits this stage with the label stage's future, so that it starts
     as soon as that one ends); images the label stage failed are left out.
-    The images that stage measured already, from their labels in memory and
-    for these ``params`` (:meth:`ChainResults.tables_for`), are not measured
-    again: this stage then only joins and writes their tables.
     """
-    measured = labels.tables_for(params) if isinstance(labels, ChainResults) and intensity is None else {}
     labels = label_refs(labels)
-    left = [image for image in labels if image not in measured]
     work = [
         partial(
-            steps.isolated, steps.measure_columns, params, labels[image],
-            intensity=None if intensity is None else intensity[image], compute=steps.local_compute,
-            whole=_held_whole(labels[image]),
+            steps.isolated, steps.measure_columns, params, ref, intensity=None if intensity is None else intensity[image],
+            compute=steps.local_compute, whole=_held_whole(ref),
         )
-        for image in left
+        for image, ref in labels.items()
     ]
-    found = {**measured, **dict(zip(left, run_in_groups(work, most=MAX_LIGHT_GROUP)))}
-    per_image = {image: found[image] for image in labels}
+    per_image = dict(zip(labels, run_in_groups(work, most=MAX_LIGHT_GROUP)))
     failed = {image: r.error for image, r in per_image.items() if isinstance(r, steps.ImageFailure)}
     measured = {image: r for image, r in per_image.items() if image not in failed}
     columns = concatenate_tables(list(measured), list(measured.values()))

@@ -444,14 +444,11 @@ def measure_columns(
     intensity: Upstream | list[Upstream] | None = None,
     compute=cluster_compute,
     whole: bool = False,
-    held: Held | None = None,
 ):
     """The measurement table's columns, computed over the label store's chunks.
 
     ``whole``: the labels are read whole into memory and measured there
     (:func:`tasks.lift.measure_whole`; a batch image), not chunk by chunk.
-    ``held``: the label store's content, still in memory where it was just
-    written (:func:`whole_image_step`): measured whole from there.
 
     ``intensity``: one image, or a list of images (per-image columns ``-0``, ``-1``, ... in list order).
     One image may have a channel axis (the labels then come from one of its
@@ -480,9 +477,7 @@ def measure_columns(
         intensity_array = [open_lazy(image) for image in intensity]
     else:
         intensity_array = None if intensity is None else _channels_last(intensity)
-    if held is not None and held.ref == labels:
-        columns = lift.measure_whole(held.array, params, intensity=intensity_array)
-    elif whole:
+    if whole:
         columns = lift.measure_whole(io.read_ref_whole(labels), params, intensity=intensity_array)
     else:
         columns = lift.measure(io.read_ref(labels), params, intensity=intensity_array, compute=compute)

@@ -1,8 +1,5 @@
 """A batch image stage runs several kept steps in a row on each image, handing each result on from memory.
 
-With the measure step that follows, it also measures each image's labels from memory, and the table
-stage takes those tables, only when they were measured for its own measure step.
-
 Each store must equal (data, fingerprint) what the steps give run one stage
 at a time, each reading the previous store; the later steps must not read
 back what was just written; a step not kept between two kept ones is fused
@@ -21,9 +18,8 @@ import zarr
 from skimage import filters, measure
 
 from flows.demo import demo_volume
-from imageops.catalog import ChannelParams, GaussianParams, LabelParams, MeasureParams, ThresholdParams
+from imageops.catalog import ChannelParams, GaussianParams, LabelParams, ThresholdParams
 from tasks import io, stages, steps
-from tasks.reference import ArrayRef
 from tasks.steps import ImageFailure, Link, StepResult
 
 GAUSSIAN = GaussianParams(op="gaussian", sigma=1.5)
@@ -128,43 +124,3 @@ def test_chain_results_read_as_the_last_step_and_give_each_step_s():
     copy = pickle.loads(pickle.dumps(chain))  # Prefect persists the stage's result
     assert copy.names == chain.names and dict(copy) == dict(chain) and copy.step("01_a") == chain.step("01_a")
 
-
-def test_the_labels_are_measured_from_memory_for_the_measure_step_after_them(tmp_path, source, monkeypatch):
-    measure_step = MeasureParams(op="measure", properties=["label", "area", "centroid"])
-    links = [Link(GAUSSIAN, NAMES[0]), Link(OTSU, NAMES[1]), Link(LABEL, NAMES[2])]
-    stores = [str(tmp_path / f"{name}.ome.zarr") for name in NAMES]
-    _never_read_back(monkeypatch)
-    *results, columns = stages._run_links(links, source, stores, None, measure_step)
-    monkeypatch.undo()
-
-    from_store = steps.measure_columns(measure_step, results[-1].ref, whole=True)
-    assert list(columns) == list(from_store) and len(columns["label"]) > 3
-    for name, column in from_store.items():
-        np.testing.assert_array_equal(columns[name], column, err_msg=name)
-
-
-def test_chain_results_give_their_tables_only_to_the_measure_step_they_were_made_for():
-    measured = MeasureParams(op="measure", properties=["label", "area"])
-    tables = {"a": {"label": np.array([1]), "area": np.array([4.0])}}
-    chain = stages.ChainResults(["03_label"], {"a": [StepResult(None, 0.1)]}, measured=(measured, tables))
-
-    from flows.spec import MeasureStep  # a spec's step: its name does not change what it measures
-
-    assert chain.tables_for(MeasureStep(op="measure", properties=["label", "area"], name="other")) == tables
-    assert chain.tables_for(MeasureParams(op="measure", properties=["label", "area", "centroid"])) == {}
-    assert stages.ChainResults(["03_label"], {"a": [StepResult(None, 0.1)]}).tables_for(measured) == {}
-
-
-def test_the_table_stage_takes_the_tables_measured_in_the_image_stage(tmp_path):
-    measured = MeasureParams(op="measure", properties=["label", "area"])
-    ref = ArrayRef(str(tmp_path / "a.ome.zarr"), "0", (4, 4), "int32", (4, 4), "labels", "fp-a")
-    # columns no label store could give (there is none): the stage must take them as they are
-    tables = {"a": {"label": np.array([7, 9]), "area": np.array([1.5, 2.5])}}
-    chain = stages.ChainResults(["03_label"], {"a": [StepResult(ref, 0.1)], "b": [ImageFailure("unreadable")]},
-                                measured=(measured, tables))
-    result = stages.batch_table_stage.fn(measured, chain, str(tmp_path / "table.csv"), "04_measure")
-
-    table = io.read_table(tmp_path / "table.csv")
-    assert list(table["image"]) == ["a", "a"] and list(table["label"]) == [7, 9]
-    np.testing.assert_array_equal(table["area"], [1.5, 2.5])
-    assert result.info == {"rows": 2}
