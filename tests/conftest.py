@@ -18,6 +18,8 @@ prefect_server : flows.runner.LocalServer or None (session)
 dask_cluster : str (session)
     Scheduler address of a 2-worker, 1-thread-per-worker ``LocalCluster`` (worker
     processes, 127.0.0.1, no dashboard), whose workers reach the S3 server.
+ui_prefect_server : flows.runner.LocalServer (session, ``tests/serving.py``)
+    A second local Prefect server, for the tests that drive the UI, away from the other tests' writes.
 s3_server, s3 : (session), (function)
     An S3-compatible server (moto) on 127.0.0.1, and a fresh bucket on it (``tests/s3.py``).  Use it with
     ``some_flow.with_options(task_runner=make_task_runner(cluster=dask_cluster))``.
@@ -37,7 +39,7 @@ import pytest
 
 from flows.runner import LocalServer, drain_prefect_workers, start_local_server
 from tests.s3 import s3, s3_server  # noqa: F401  (fixtures: an S3 server on 127.0.0.1, a fresh bucket)
-from tests.serving import serve  # noqa: F401  (fixture: a `haloflow serve` process)
+from tests.serving import serve, ui_prefect_server  # noqa: F401  (fixtures: a `haloflow serve` process, the UI tests' server)
 
 _SERVER_KEY = pytest.StashKey["LocalServer | None"]()
 #: The session server's address, for pytest-xdist workers (they run no pytest_configure of their own).

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 import pytest
+
+from flows.runner import start_local_server
 
 
 def retryable_errors(prefect_server, most: int = 60) -> str:
@@ -39,9 +43,13 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
 class Served:
     """A ``haloflow serve`` process and the REST calls a UI would make."""
 
-    def __init__(self, api: str, args: list[str], cluster: str, cwd: Path):
-        env = {key: value for key, value in os.environ.items() if key != "PREFECT_RUNNER_POLL_FREQUENCY"}
-        env["HALOFLOW_CLUSTER"] = cluster  # and the runner queries for runs every QUERY_SECONDS, as served
+    def __init__(self, api: str, args: list[str], cluster: str | None, cwd: Path):
+        """``cluster``: the Dask scheduler the runs compute on, or None for the cluster ``haloflow serve`` starts."""
+        env = {key: value for key, value in os.environ.items()
+               if key not in ("PREFECT_RUNNER_POLL_FREQUENCY", "HALOFLOW_CLUSTER")}
+        env["PREFECT_API_URL"] = api  # the runner queries for runs every QUERY_SECONDS, as served
+        if cluster is not None:
+            env["HALOFLOW_CLUSTER"] = cluster
         self.api = api
         self.log = cwd / "serve.log"
         self.started = datetime.now(timezone.utc)
@@ -124,15 +132,47 @@ class Served:
 
 @pytest.fixture
 def serve(prefect_api_url, dask_cluster, tmp_path):
+    """Start ``haloflow serve ARGS`` against the session's server and Dask cluster; stopped after the test.
+
+    ``start(*args, server=S)``: against the Prefect server ``S`` instead, on
+    the Dask cluster that ``haloflow serve`` starts itself (the session's
+    workers send their task runs' events to the session's server).
+    """
     started = []
 
-    def start(*args: str) -> Served:
-        served = Served(prefect_api_url, list(args), dask_cluster, tmp_path)
+    def start(*args: str, server=None) -> Served:
+        if server is None:
+            served = Served(prefect_api_url, list(args), dask_cluster, tmp_path)
+        else:
+            served = Served(server.api_url, list(args), None, tmp_path)
         started.append(served)
         return served
 
     yield start
     for served in started:
         served.stop()
+
+
+@pytest.fixture(scope="session")
+def ui_prefect_server():
+    """A Prefect server (with its UI) for the tests that drive the UI or its REST calls, and nothing else.
+
+    Under the full suite the session's server is busy with the other tests'
+    runs: its SQLite database answered the UI's ``create_flow_run`` with
+    "database is locked" (503) for over a minute, and ``haloflow serve``'s
+    registration of its deployments once waited 90 s. Here those tests'
+    writes wait for no one else's.
+    """
+    home = tempfile.mkdtemp(prefix="haloflow-test-ui-prefect-")
+    try:
+        server = start_local_server(home=home, ui=True, seed_database=True)
+    except BaseException:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    try:
+        yield server
+    finally:
+        server.stop(drain=False)
+        shutil.rmtree(home, ignore_errors=True)
 
 

@@ -34,11 +34,11 @@ def artifact_keys(api: str, flow_run_id: str) -> set[str]:
     return {a["key"] for a in response.json() if a["key"]}
 
 
-def test_ui_run_button_on_served_deployment(serve, tmp_path, prefect_api_url):
+def test_ui_run_button_on_served_deployment(serve, tmp_path, ui_prefect_server):
     data = tmp_path / "data"
     data.mkdir()
     tifffile.imwrite(data / "volume.tif", demo_volume((16, 48, 40), n_objects=15, seed=2))
-    served = serve("--data-root", str(data))
+    served = serve("--data-root", str(data), server=ui_prefect_server)
     deployment = served.deployment("large-image", "large-image")
     served.deployment("batch", "batch")
     out = data / "out"
@@ -48,7 +48,7 @@ def test_ui_run_button_on_served_deployment(serve, tmp_path, prefect_api_url):
     assert run["state"]["type"] == "COMPLETED", run["state"]
     for name in ("01_gaussian.ome.zarr", "02_threshold.ome.zarr", "03_label.ome.zarr", "04_measure.csv", "run.json"):
         assert (out / name).exists(), name
-    assert {"large-image-01-gaussian", "large-image-03-label", "large-image-03-label-picture", "large-image-04-measure"} <= artifact_keys(prefect_api_url, run["id"])
+    assert {"large-image-01-gaussian", "large-image-03-label", "large-image-03-label-picture", "large-image-04-measure"} <= artifact_keys(served.api, run["id"])
 
     # A path outside --data-root is refused before any work, naming it.
     outside = tmp_path / "elsewhere"

@@ -14,12 +14,11 @@ from tests.serving import retryable_errors, wait_for
 pytestmark = pytest.mark.slow
 
 
-def test_fill_and_run_the_large_image_form(serve, prefect_server, prefect_api_url, tmp_path):
-    if prefect_server is None:
-        pytest.skip("the session uses an external Prefect API; its UI is not ours to drive")
+def test_fill_and_run_the_large_image_form(serve, ui_prefect_server, tmp_path):
+    prefect_server, prefect_api_url = ui_prefect_server, ui_prefect_server.api_url
     tifffile.imwrite(tmp_path / "volume.tif", demo_volume((12, 48, 40), n_objects=12, seed=7))
     out = tmp_path / "from-the-ui"
-    served = serve()
+    served = serve(server=ui_prefect_server)
     deployment = served.deployment("large-image", "large-image")
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
@@ -69,12 +68,12 @@ def test_fill_and_run_the_large_image_form(serve, prefect_server, prefect_api_ur
             return AssertionError(f"{served.stacks()}\n{retryable_errors(prefect_server)}\n{what}; run {run_name!r}; "
                                   f"the UI's writes: {answers[-12:]}; the deployment's runs: {seen}")
 
-        # On a loaded machine the click sometimes creates no run: the server's SQLite database is busy with the
-        # other tests' runs, Prefect answers the UI's create_flow_run with 503 (a retryable error its Python
-        # client retries, the UI does not) and the page shows "Unknown error while creating flow run". A person
-        # would submit again: the form is filled again on a fresh page, a few times, a little later each time.
-        # SQLite's "database is locked" (what the 503 hides, tests/serving.py retryable_errors) lasted over a
-        # minute under the full suite on a slow machine: eight submits over about four minutes.
+        # On a loaded machine the click has sometimes created no run: Prefect answered the UI's create_flow_run
+        # with 503 (a retryable error its Python client retries, the UI does not; SQLite's "database is locked"
+        # when the session's server was busy with the other tests' runs, for over a minute) and the page showed
+        # "Unknown error while creating flow run". This test now has a server of its own (ui_prefect_server);
+        # should a submit still fail, a person would submit again: the form is filled again on a fresh page, a
+        # few times, a little later each time.
         for attempt in range(8):
             run_name = fill_form_and_submit()
             try:
