@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -163,16 +161,10 @@ def ui_prefect_server():
     registration of its deployments once waited 90 s. Here those tests'
     writes wait for no one else's.
     """
-    home = tempfile.mkdtemp(prefix="haloflow-test-ui-prefect-")
-    try:
-        server = start_local_server(home=home, ui=True, seed_database=True)
-    except BaseException:
-        shutil.rmtree(home, ignore_errors=True)
-        raise
+    server = start_local_server(ui=True, seed_database=True)  # in a home of its own, deleted by stop()
     try:
         yield server
     finally:
         server.stop(drain=False)
-        shutil.rmtree(home, ignore_errors=True)
 
 
