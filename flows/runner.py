@@ -996,7 +996,20 @@ class BackgroundCluster:
 #: cluster, imported once in the process its workers are forked from, not once in each worker. The flows:
 #: a stage task carries its flow run's context, whose flow a worker imports to read it (0.1-0.13 s, at the
 #: first task of a run's first stage, on each worker).
-WORKER_IMPORTS = ("distributed", "prefect.task_engine", "tasks.stages", "flows.pipeline")
+WORKER_IMPORTS = ("distributed", "prefect.task_engine", "tasks.stages", "flows.pipeline", "imageops.smoothing")
+
+
+def prepare_worker_code() -> None:
+    """Import :data:`WORKER_IMPORTS` and load the compiled smoothing kernels (:func:`imageops.smoothing.warm_up`).
+
+    Done in a worker as it starts, or once in the process local workers are
+    forked from, so that no worker pays it at its first task.
+    """
+    for name in WORKER_IMPORTS:
+        importlib.import_module(name)
+    from imageops import smoothing
+
+    smoothing.warm_up()
 
 
 def forkserver_usable() -> bool:
@@ -1046,7 +1059,8 @@ def forked_workers() -> Iterator[None]:
 
 @contextlib.contextmanager
 def forked_from_here() -> Iterator[None]:
-    """Local Dask workers started in the block are forked from this process, once it has imported :data:`WORKER_IMPORTS`.
+    """Local Dask workers started in the block are forked from this process, once it has imported :data:`WORKER_IMPORTS`
+    and loaded the compiled kernels (:func:`prepare_worker_code`).
 
     For a process that imports the flows anyway (``haloflow run``): the
     imports are paid once, here, instead of once here and once in a fork
@@ -1061,8 +1075,7 @@ def forked_from_here() -> Iterator[None]:
     usable (:func:`fork_usable`), the workers are spawned (the imports are
     made here all the same: this process needs them).
     """
-    for name in WORKER_IMPORTS:
-        importlib.import_module(name)
+    prepare_worker_code()
     if not fork_usable():
         yield
         return

@@ -1,7 +1,7 @@
 """Preloaded by each local Dask worker as it starts: import what a stage task needs, before the first one arrives.
 
 A fresh worker process otherwise pays these imports (Prefect's task engine,
-SciPy, scikit-image, zarr) when its first stage task lands on it, one worker
+SciPy, scikit-image, zarr, the compiled smoothing kernels) when its first stage task lands on it, one worker
 after the other, while the flow waits; preloaded, the workers import them in
 parallel while the cluster starts.  A worker of haloflow's own local cluster
 is forked from a process that has imported them already
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib
 
 import dask
 
-from flows.runner import WORKER_IMPORTS  # Prefect's task engine, the stage tasks (the ops, SciPy, scikit-image, zarr)
+from flows.runner import prepare_worker_code
 
-for _module in WORKER_IMPORTS:  # already there in a worker forked from haloflow's fork server
-    importlib.import_module(_module)
+# Prefect's task engine, the stage tasks (the ops, SciPy, scikit-image, zarr) and the compiled smoothing
+# kernels: already there in a worker forked from a process that prepared them.
+prepare_worker_code()
 
 #: glibc ``mallopt`` parameters (malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
