@@ -32,9 +32,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numba
 import numpy as np
 from scipy import ndimage as ndi
+
+from ._numba import compiled as _compiled
 
 #: Input dtypes compiled for; any other input is filtered by SciPy.
 COMPILED_DTYPES = frozenset(np.dtype(t) for t in (np.bool_, np.uint8, np.int8, np.uint16, np.int16, np.float32, np.float64))
@@ -42,19 +43,6 @@ COMPILED_DTYPES = frozenset(np.dtype(t) for t in (np.bool_, np.uint8, np.int8, n
 OUTPUT_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float64))
 #: Boundary modes whose outputs near a line's end depend only on values near that end.
 LOCAL_MODES = frozenset({"nearest", "reflect", "mirror", "constant"})
-
-
-def _compiled(function):
-    """``function`` compiled by Numba, with its machine code kept in Numba's cache when a cache folder is writable.
-
-    Numba looks for one beside the module, then in the user's cache folder
-    (``NUMBA_CACHE_DIR`` names another); with none, each process compiles
-    the kernels again at its first call (a few seconds).
-    """
-    try:
-        return numba.njit(cache=True, nogil=True, boundscheck=False)(function)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(cache=False, nogil=True, boundscheck=False)(function)
 
 
 @_compiled

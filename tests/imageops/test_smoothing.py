@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy import ndimage as ndi
 
-from imageops import filters, smoothing
+from imageops import _numba, filters, smoothing
 
 MODES = ("nearest", "reflect", "mirror", "constant", "wrap")
 
@@ -123,5 +123,5 @@ def test_without_a_writable_cache_folder_the_kernels_are_compiled_uncached(monke
     def add_one(x):
         return x + 1
 
-    compiled = smoothing._compiled(add_one)
+    compiled = _numba.compiled(add_one)
     assert compiled(1) == 2 and type(compiled._cache).__name__ == "NullCache"
