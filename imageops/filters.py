@@ -92,9 +92,8 @@ def gaussian_inner(image, sigma, margins, *, truncate: float = 4.0, mode: str = 
     _check_mode(mode)
     margins = _check_margins(margins, image.shape)
     dtype = working_float(image.dtype)
-    # The first smoothed axis reads the image as it is (SciPy reads each line into float64, so an integer
-    # image gives the same values as its float32 copy would) into a new float32 array; every later axis is
-    # smoothed in place (SciPy filters each axis's lines through a buffer, as gaussian_filter itself does).
+    # The first smoothed axis reads the image as it is (each line is read into float64, so an integer image
+    # gives the same values as its float32 copy would) into a new float32 array, and so does every later axis.
     # No float32 copy of the input first: a pass over the block less, the same values.
     from . import smoothing  # Numba: imported by the first smoothing, not by every user of the ops
 
