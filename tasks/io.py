@@ -878,6 +878,19 @@ def store_axes(path: str | os.PathLike) -> ImageAxes:
         raise ValueError(f"store {store}: {exc}") from exc
 
 
+def store_axes_and_calibration(path: str | os.PathLike) -> tuple[ImageAxes, Calibration]:
+    """:func:`store_axes` and :func:`store_calibration` from one read of the store's metadata; raises as they do."""
+    store = os.fspath(path)
+    attrs = _group_attributes(store)
+    component = _ome_component(attrs, store)
+    ndim = len(_array_metadata(store, component)["shape"])
+    try:
+        axes = _ome_axes(attrs, component, ndim)
+    except ValueError as exc:
+        raise ValueError(f"store {store}: {exc}") from exc
+    return axes, ome.from_ngff(attrs, component, ndim)
+
+
 def store_calibration(path: str | os.PathLike) -> Calibration:
     """The physical pixel sizes and units of an OME-Zarr store's full-resolution image.
 

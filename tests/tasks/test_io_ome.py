@@ -115,6 +115,11 @@ def test_ome_zarr_input_sizes_from_scale_and_axes(tmp_path):
                           kind="image", fingerprint="f", name="s", calibration=calibration)
     assert io.store_calibration(ref.store) == calibration
     assert io.resolve_input(ref.store).calibration == calibration
+    assert io.store_axes_and_calibration(ref.store) == (io.store_axes(ref.store), calibration)
+    with_channels = io.create_store(tmp_path / "c.ome.zarr", shape=(2, 6, 8), dtype=np.uint8, chunks=(1, 6, 8),
+                                    kind="image", fingerprint="f", name="c", axes=("c", "y", "x"))
+    axes, _ = io.store_axes_and_calibration(with_channels.store)
+    assert axes == io.store_axes(with_channels.store) and axes.channel == 0
 
 
 @pytest.mark.parametrize(
