@@ -996,20 +996,22 @@ class BackgroundCluster:
 #: cluster, imported once in the process its workers are forked from, not once in each worker. The flows:
 #: a stage task carries its flow run's context, whose flow a worker imports to read it (0.1-0.13 s, at the
 #: first task of a run's first stage, on each worker).
-WORKER_IMPORTS = ("distributed", "prefect.task_engine", "tasks.stages", "flows.pipeline", "imageops.smoothing")
+WORKER_IMPORTS = ("distributed", "prefect.task_engine", "tasks.stages", "flows.pipeline", "imageops.smoothing",
+                  "imageops.histogram")
 
 
 def prepare_worker_code() -> None:
-    """Import :data:`WORKER_IMPORTS` and load the compiled smoothing kernels (:func:`imageops.smoothing.warm_up`).
+    """Import :data:`WORKER_IMPORTS` and load the compiled kernels (smoothing, float histogram).
 
     Done in a worker as it starts, or once in the process local workers are
     forked from, so that no worker pays it at its first task.
     """
     for name in WORKER_IMPORTS:
         importlib.import_module(name)
-    from imageops import smoothing
+    from imageops import histogram, smoothing
 
     smoothing.warm_up()
+    histogram.warm_up()
 
 
 def forkserver_usable() -> bool:

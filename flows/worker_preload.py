@@ -1,8 +1,9 @@
 """Preloaded by each local Dask worker as it starts: import what a stage task needs, before the first one arrives.
 
 A fresh worker process otherwise pays these imports (Prefect's task engine,
-SciPy, scikit-image, zarr, the compiled smoothing kernels) when its first stage task lands on it, one worker
-after the other, while the flow waits; preloaded, the workers import them in
+SciPy, scikit-image, zarr, the compiled smoothing and histogram kernels) when
+its first stage task lands on it, one worker after the other, while the flow
+waits; preloaded, the workers import them in
 parallel while the cluster starts.  A worker of haloflow's own local cluster
 is forked from a process that has imported them already
 (:func:`flows.runner.forked_workers`), so it reads Prefect's settings again
@@ -22,7 +23,7 @@ import dask
 
 from flows.runner import prepare_worker_code
 
-# Prefect's task engine, the stage tasks (the ops, SciPy, scikit-image, zarr) and the compiled smoothing
+# Prefect's task engine, the stage tasks (the ops, SciPy, scikit-image, zarr) and the compiled smoothing and histogram
 # kernels: already there in a worker forked from a process that prepared them.
 prepare_worker_code()
 

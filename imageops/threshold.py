@@ -102,7 +102,11 @@ def equal_bins_histogram(values: np.ndarray, first, last, nbins: int) -> np.ndar
     whose position lies within a bound of an edge (:data:`_POSITION_ERROR`
     roundings) are compared with the edges, exactly as NumPy compares them:
     the same counts in about half the time (1.4 ms -> 0.8 ms on a 512x512
-    float32 image). Returns None (use ``np.histogram``) for integer values,
+    float32 image). Where that arithmetic stays in the values' own float type
+    (float32 or float64 values, a range of their type), the same is done by a
+    compiled kernel in one pass (:mod:`imageops.histogram`): 0.6-0.8 ms
+    against 1.2-1.8 ms for the NumPy passes on the batch benchmark's images.
+    Returns None (use ``np.histogram``) for integer values,
     a range with a value outside it (or NaN), an empty range or one so
     narrow for its magnitude that the bound would not hold.
 
@@ -126,6 +130,10 @@ def equal_bins_histogram(values: np.ndarray, first, last, nbins: int) -> np.ndar
     margin = _POSITION_ERROR * nbins * max(resolution, np.finfo(edges.dtype).eps) * (1.0 + scale)
     if margin > 0.25 or not (x.min() >= first and x.max() <= last):
         return None
+    from imageops import histogram  # Numba's import, at the first float histogram
+
+    if histogram.compiled_applies(x, first, span, edges):
+        return histogram.equal_bin_counts(x, first, span, edges, margin)
     counts = np.zeros(nbins + 1, np.intp)
     for start in range(0, x.size, _SLICE):  # slices that stay in cache, as NumPy's own
         counts += _slice_counts(x[start:start + _SLICE], first, span, nbins, edges, margin)

@@ -16,6 +16,9 @@ def _worker_settings(dask_worker):
 
     kernels = sys.modules.get("imageops.smoothing")
     loaded = set() if kernels is None else {tuple(str(a.dtype) for a in sig[:2]) for sig in kernels._rows.signatures}
+    histogram = sys.modules.get("imageops.histogram")
+    if histogram is not None:
+        loaded |= {("histogram", str(sig[0].dtype)) for sig in histogram._count.signatures}
     return (dask.config.get("distributed.worker.profile.enabled"), sorted(dask_worker.periodic_callbacks),
             "flows.pipeline" in sys.modules, loaded)
 
@@ -23,7 +26,8 @@ def _worker_settings(dask_worker):
 def test_preloaded_workers_run_no_statistical_profiler_and_have_imported_the_flows():
     """The flows too: a stage task carries its flow run's context, and the worker imports the flow to read it.
 
-    And the compiled smoothing kernels are loaded before the first task (a process's first call costs about 0.4 s).
+    And the compiled smoothing and histogram kernels are loaded before the first task (a process's first call
+    costs about 0.4 s).
     """
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None, preload=["flows.worker_preload"]) as cluster:
@@ -33,6 +37,7 @@ def test_preloaded_workers_run_no_statistical_profiler_and_have_imported_the_flo
     assert "profile" not in callbacks and "heartbeat" in callbacks
     assert flows_imported
     assert ("uint16", "float32") in kernels
+    assert {("histogram", "float32"), ("histogram", "float64")} <= kernels
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc mallopt only")
