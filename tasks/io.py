@@ -1667,6 +1667,10 @@ def _read_tiff_header(path: str, probe: bool, metadata: bool = False):
 
 def _probe_tiff(tif: tifffile.TiffFile, decode: bool) -> tuple[int, ...]:
     """Chunk shape of tifffile's zarr view of series 0; with `decode`, read its first chunk."""
+    if not decode:
+        single = _single_page_chunks(tif)
+        if single is not None:
+            return single
     store = tif.aszarr(series=0, level=0)
     try:
         native = None if decode else _declared_chunks(store)
@@ -1678,6 +1682,22 @@ def _probe_tiff(tif: tifffile.TiffFile, decode: bool) -> tuple[int, ...]:
     finally:
         store.close()
     return native
+
+
+def _single_page_chunks(tif: tifffile.TiffFile) -> tuple[int, ...] | None:
+    """The chunk shape of series 0 when it is one page whose strips span every axis: that page's; else None.
+
+    What tifffile's zarr view declares for such a page (a batch's usual
+    image), without building the view: about 0.3 ms of a 0.7 ms header read.
+    """
+    series = tif.series[0].levels[0]
+    pages = getattr(series, "pages", None)
+    if pages is None or len(pages) != 1 or pages[0] is None:
+        return None
+    chunks = tuple(int(c) for c in getattr(pages[0], "chunks", ()) or ())
+    if tuple(pages[0].shape) != tuple(series.shape) or len(chunks) != len(series.shape):
+        return None
+    return chunks
 
 
 def _declared_chunks(store: Any) -> tuple[int, ...] | None:

@@ -787,6 +787,29 @@ def test_resolving_a_tiff_gives_the_chunks_zarr_sees_in_it_without_asking_zarr(t
 
 def test_a_tiff_whose_zarr_view_hides_its_metadata_is_probed_through_zarr(tmp_path, monkeypatch):
     path = str(tmp_path / "t.tif")
-    tifffile.imwrite(path, np.ones((20, 30), np.uint16), rowsperstrip=5)
+    tifffile.imwrite(path, np.ones((3, 20, 30), np.uint16), rowsperstrip=5)  # pages: no single page's own chunks
     monkeypatch.setattr(io_module, "_declared_chunks", lambda store: None)
-    assert resolve_input(path).native_chunks == (5, 30)
+    assert resolve_input(path).native_chunks == (1, 5, 30)
+
+
+@pytest.mark.parametrize("layout", [
+    {"shape": (37, 29)},
+    {"shape": (37, 29), "rowsperstrip": 1},
+    {"shape": (37, 29), "rowsperstrip": 8},
+    {"shape": (37, 29, 3), "photometric": "rgb"},
+])
+def test_a_single_uncompressed_page_gives_its_own_chunks_without_a_zarr_view(tmp_path, layout, monkeypatch):
+    layout = dict(layout)
+    shape = layout.pop("shape")
+    path = str(tmp_path / "t.tif")
+    tifffile.imwrite(path, np.zeros(shape, np.uint8), **layout)
+    with tifffile.TiffFile(path) as tif:
+        store = tif.aszarr(series=0, level=0)
+        expected = tuple(zarr.open_array(store, mode="r").chunks)
+        store.close()
+
+    def no_view(*args, **kwargs):
+        raise AssertionError("the zarr view was built")
+
+    monkeypatch.setattr(tifffile.TiffFile, "aszarr", no_view)
+    assert resolve_input(path).native_chunks == expected
