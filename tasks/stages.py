@@ -185,9 +185,10 @@ def batch_image_stage(
     ``measure``: the measure step that reads the last link's labels next,
     and only them. Each image's labels are then measured too, from memory
     where they were just written, for the table stage to take
-    (:meth:`ChainResults.tables_for`) instead of reading 2000 stores back
-    in a stage of its own: about 2 s less of a 2000-image run on two
-    workers. An image whose labels were already stored (nothing computed),
+    (:meth:`ChainResults.tables_for`) instead of reading every store back
+    in a stage of its own: on 2000 images and two workers this stage grows
+    by 1.0-1.6 s and the table stage shrinks from 1.6-2.5 s to 0.2-0.3 s.
+    An image whose labels were already stored (nothing computed),
     or whose measuring fails here, is left to the table stage, which
     measures it from its store and reports its error as before.
 
