@@ -152,12 +152,11 @@ def batch_flow(
                 io.is_complete(stores[index][stem], output)
                 for stem, up in upstream.items() for index, output in enumerate(stages.chain_fingerprints(links, up))
             )
-            following = spec.steps[done_up_to] if done_up_to < len(spec.steps) else None
-            measure = following if measures_labels_only(following) else None  # measured from the labels in memory
             stage = batch_image_stage.with_options(**stage_options(results_at, fresh))
             future = stage.submit(tuple(links), PerImage(upstream), tuple(map(PerImage, stores)), "+".join(names),
-                                  first_chunks, measure)
-            if measure is not None:  # reads only this stage's results: Dask starts it when this one ends
+                                  first_chunks)
+            following = spec.steps[done_up_to] if done_up_to < len(spec.steps) else None
+            if measures_labels_only(following):  # reads only this stage's results: Dask starts it when this one ends
                 table_key = stage_key(done_up_to + 1, following)
                 tables_ahead[done_up_to + 1] = batch_table_stage.with_options(**stage_options(results_at, True)).submit(
                     following, future, storage.join(out, f"{table_key}.csv"), table_key)

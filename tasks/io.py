@@ -869,26 +869,29 @@ def store_axes(path: str | os.PathLike) -> ImageAxes:
     ValueError
         `path` is not an OME-Zarr image, or its axes do not fit its array.
     """
-    store = os.fspath(path)
-    attrs = _group_attributes(store)
-    component = _ome_component(attrs, store)
-    try:
-        return _ome_axes(attrs, component, len(_array_metadata(store, component)["shape"]))
-    except ValueError as exc:
-        raise ValueError(f"store {store}: {exc}") from exc
+    store, attrs, component, ndim = _image_metadata(path)
+    return _store_image_axes(store, attrs, component, ndim)
 
 
 def store_axes_and_calibration(path: str | os.PathLike) -> tuple[ImageAxes, Calibration]:
     """:func:`store_axes` and :func:`store_calibration` from one read of the store's metadata; raises as they do."""
+    store, attrs, component, ndim = _image_metadata(path)
+    return _store_image_axes(store, attrs, component, ndim), ome.from_ngff(attrs, component, ndim)
+
+
+def _image_metadata(path: str | os.PathLike) -> tuple[str, dict[str, Any], str, int]:
+    """An OME-Zarr store's path, group attributes, full-resolution component and its number of axes."""
     store = os.fspath(path)
     attrs = _group_attributes(store)
     component = _ome_component(attrs, store)
-    ndim = len(_array_metadata(store, component)["shape"])
+    return store, attrs, component, len(_array_metadata(store, component)["shape"])
+
+
+def _store_image_axes(store: str, attrs: dict[str, Any], component: str, ndim: int) -> ImageAxes:
     try:
-        axes = _ome_axes(attrs, component, ndim)
+        return _ome_axes(attrs, component, ndim)
     except ValueError as exc:
         raise ValueError(f"store {store}: {exc}") from exc
-    return axes, ome.from_ngff(attrs, component, ndim)
 
 
 def store_calibration(path: str | os.PathLike) -> Calibration:
@@ -903,10 +906,8 @@ def store_calibration(path: str | os.PathLike) -> Calibration:
     ValueError
         `path` is not an OME-Zarr image.
     """
-    store = os.fspath(path)
-    attrs = _group_attributes(store)
-    component = _ome_component(attrs, store)
-    return ome.from_ngff(attrs, component, len(_array_metadata(store, component)["shape"]))
+    _, attrs, component, ndim = _image_metadata(path)
+    return ome.from_ngff(attrs, component, ndim)
 
 
 def write_pyramid(ref: ArrayRef, compute: Any = None, *, min_size: int = ome.PYRAMID_MIN_SIZE) -> list[tuple[int, ...]]:

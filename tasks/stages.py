@@ -46,22 +46,11 @@ def table_stage_key(context, parameters: dict[str, Any]) -> str:
 
 
 def batch_stage_key(context, parameters: dict[str, Any]) -> str:
-    """Cache key of a batch stage: the fingerprints of all its images' outputs (its last step's: they include the others').
-
-    A stage that also measures its labels for the next step (``measure``)
-    has that step in its key too: a result taken from Prefect's cache holds
-    tables measured the way the table stage asks.
-    """
+    """Cache key of a batch stage: the fingerprints of all its images' outputs (its last step's: they include the others')."""
     links = parameters["links"]
     per_image = [(name, [link.name for link in links], chain_fingerprints(links, up)[-1])
                  for name, up in parameters["upstreams"].items()]
-    measure = parameters.get("measure")
-    return "batch-" + fingerprint(per_image, *([] if measure is None else [measure_identity(measure)]))
-
-
-def measure_identity(params: OpParams) -> dict[str, Any]:
-    """What a measure step's table depends on, besides its labels: its op and parameters, not its name."""
-    return params.model_dump(mode="json", exclude={"name"})
+    return "batch-" + fingerprint(per_image)
 
 
 def chain_fingerprints(links: Sequence[steps.Link], upstream: Upstream) -> list[str]:
@@ -169,7 +158,6 @@ def batch_image_stage(
     stores: Sequence[Mapping[str, str]],
     key: str,
     chunks: list[int] | None = None,
-    measure: OpParams | None = None,
 ) -> ChainResults:
     """Run one or more image steps in a row on every image, in worker tasks of a few images each.
 
@@ -182,42 +170,22 @@ def batch_image_stage(
     just written. ``chunks``: the first link's chunks over the source image
     (default: the image whole).
 
-    ``measure``: the measure step that reads the last link's labels next,
-    and only them. Each image's labels are then measured too, from memory
-    where they were just written, for the table stage to take
-    (:meth:`ChainResults.tables_for`) instead of reading every store back
-    in a stage of its own: on 2000 images and two workers this stage grows
-    by 1.0-1.6 s and the table stage shrinks from 1.6-2.5 s to 0.2-0.3 s.
-    An image whose labels were already stored (nothing computed),
-    or whose measuring fails here, is left to the table stage, which
-    measures it from its store and reports its error as before.
-
     The results come as a :class:`ChainResults`: Prefect walks a task's
     result that is a dict, and a stage that reads this one walks its
     parameters, looking for futures: 0.3-0.4 s each time for 2000 images'
     results.
     """
     work = [
-        partial(_run_links, links, upstream, [links_stores[image] for links_stores in stores], chunks, measure)
+        partial(_run_links, links, upstream, [links_stores[image] for links_stores in stores], chunks)
         for image, upstream in upstreams.items()
     ]
-    done = dict(zip(upstreams, run_in_groups(work)))
-    chains = {image: chain for image, (chain, _) in done.items()}
-    if measure is None:
-        return ChainResults([link.name for link in links], chains)
-    tables = {image: table for image, (_, table) in done.items() if table is not None}
-    return ChainResults([link.name for link in links], chains, measured=(measure_identity(measure), tables))
+    return ChainResults([link.name for link in links], dict(zip(upstreams, run_in_groups(work))))
 
 
 def _run_links(
-    links: Sequence[steps.Link], upstream: Upstream, stores: list[str], chunks: list[int] | None,
-    measure: OpParams | None = None,
-) -> tuple[list[StepResult | steps.ImageFailure], dict[str, np.ndarray] | None]:
-    """One image's links, in order, until one fails (its :class:`tasks.steps.ImageFailure` ends the list).
-
-    With the image's table, measured by ``measure`` from the last link's
-    labels held in memory (None: not measured here, see :func:`batch_image_stage`).
-    """
+    links: Sequence[steps.Link], upstream: Upstream, stores: list[str], chunks: list[int] | None
+) -> list[StepResult | steps.ImageFailure]:
+    """One image's links, in order, until one fails (its :class:`tasks.steps.ImageFailure` ends the list)."""
     results: list[StepResult | steps.ImageFailure] = []
     held = None
     for index, (link, store) in enumerate(zip(links, stores)):
@@ -236,16 +204,7 @@ def _run_links(
             results.append(steps.ImageFailure(steps.describe_error(error)))
             break
         results.append(result)
-    fresh = held is not None and not isinstance(results[-1], steps.ImageFailure)
-    return results, (_measure_held(measure, results[-1].ref, held.array) if measure is not None and fresh else None)
-
-
-def _measure_held(params: OpParams, labels: ArrayRef, array: np.ndarray) -> dict[str, np.ndarray] | None:
-    """An image's table from its labels in memory; None when that fails (the table stage measures it, and says why)."""
-    try:
-        return steps.measure_columns(params, labels, compute=steps.local_compute, held=array)
-    except Exception:  # the table stage measures the store again and reports the error
-        return None
+    return results
 
 
 class ChainResults(PerImage):
@@ -253,33 +212,20 @@ class ChainResults(PerImage):
 
     Read as a mapping, it is what a table stage measures: each image's last
     store, or why there is none. :meth:`step` gives one step's results,
-    leaving out the images that failed before it; :meth:`tables_for` the
-    tables the stage measured from its labels in memory.
+    leaving out the images that failed before it.
     """
 
-    __slots__ = ("names", "_chains", "_measured")
+    __slots__ = ("names", "_chains")
 
-    def __init__(
-        self,
-        names: list[str],
-        chains: Mapping[str, list[StepResult | steps.ImageFailure]],
-        measured: tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]] | None = None,
-    ) -> None:
+    def __init__(self, names: list[str], chains: Mapping[str, list[StepResult | steps.ImageFailure]]) -> None:
         self.names = list(names)
         self._chains = dict(chains)
-        self._measured = measured
         super().__init__({image: chain[-1] for image, chain in self._chains.items()})  # a chain cut short ends failed
 
     def step(self, name: str) -> dict[str, StepResult | steps.ImageFailure]:
         """Step ``name``'s result for each image that reached it."""
         index = self.names.index(name)
         return {image: chain[index] for image, chain in self._chains.items() if len(chain) > index}
-
-    def tables_for(self, params: OpParams) -> dict[str, dict[str, np.ndarray]]:
-        """The tables measured here for the measure step ``params`` (image -> columns); none for any other step."""
-        if self._measured is None or self._measured[0] != measure_identity(params):
-            return {}
-        return dict(self._measured[1])
 
     def __repr__(self) -> str:
         return f"ChainResults({len(self)} images, steps {self.names})"
@@ -311,23 +257,16 @@ def batch_table_stage(
     ``labels``: each image's label store, or the label stage's results (the
     flow submits this stage with the label stage's future, so that it starts
     as soon as that one ends); images the label stage failed are left out.
-    The tables that stage measured for these ``params`` from its labels in
-    memory (:meth:`ChainResults.tables_for`) are taken as they are; the
-    other images are measured from their stores here.
     """
-    measured = labels.tables_for(params) if isinstance(labels, ChainResults) and intensity is None else {}
     labels = label_refs(labels)
-    left = [image for image in labels if image not in measured]
     work = [
         partial(
-            steps.isolated, steps.measure_columns, params, labels[image],
-            intensity=None if intensity is None else intensity[image], compute=steps.local_compute,
-            whole=_held_whole(labels[image]),
+            steps.isolated, steps.measure_columns, params, ref, intensity=None if intensity is None else intensity[image],
+            compute=steps.local_compute, whole=_held_whole(ref),
         )
-        for image in left
+        for image, ref in labels.items()
     ]
-    found = {**measured, **dict(zip(left, run_in_groups(work, most=MAX_LIGHT_GROUP)))}
-    per_image = {image: found[image] for image in labels}
+    per_image = dict(zip(labels, run_in_groups(work, most=MAX_LIGHT_GROUP)))
     failed = {image: r.error for image, r in per_image.items() if isinstance(r, steps.ImageFailure)}
     measured = {image: r for image, r in per_image.items() if image not in failed}
     columns = concatenate_tables(list(measured), list(measured.values()))

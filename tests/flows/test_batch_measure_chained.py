@@ -1,11 +1,10 @@
 """A batch measure step right after the labels: submitted with the label stage's future, started when that one ends.
 
 The measure stage's task run must have the label stage's as its input (Prefect
-records the future it was given); the table, measured in the label stage's
-tasks from the labels in memory, must be the one the measure step makes from
-each stored label store (``tasks.steps.measure_columns``), physical-unit
-columns included, and ``regionprops_table``'s; a later run that changes only
-the measure step measures the stored labels again, from their stores. A measure step
+records the future it was given); the table must be the one the measure step
+makes from each stored label store (``tasks.steps.measure_columns``),
+physical-unit columns included, and ``regionprops_table``'s; a later run that
+changes only the measure step measures the cached labels again. A measure step
 that needs the intensity image is submitted once the labels are done. Runs on
 the session's Prefect server and Dask cluster (``tests/conftest.py``).
 """
