@@ -113,7 +113,7 @@ def batch_flow(
     logger = get_run_logger()
     images: dict[str, dict[str, Any]] = {"input": dict(sources)}
     upstream: dict[str, Any] = dict(sources)
-    tables_ahead: dict[int, Any] = {}  # step number -> its table stage, submitted with the label stage's future
+    measured_ahead: dict[int, tuple[StepResult, float]] = {}  # step number -> its table, measured by the label stage
     with ArtifactPublisher(logger) as publisher:
         kept_flags = kept_steps(spec.steps, spec.keep)
         done_up_to = 0  # the steps a batch image stage ran in a row, with the first
@@ -127,8 +127,8 @@ def batch_flow(
                 record.add_fused(number, step)
                 continue
             if step.op == "measure":
-                if number in tables_ahead:
-                    result = stage_result(tables_ahead.pop(number), since=started)
+                if number in measured_ahead:
+                    result, seconds = measured_ahead.pop(number)
                 else:
                     named = {stem: {n: found[stem] for n, found in images.items() if stem in found} for stem in upstream}
                     intensity = {stem: measure_intensity(step, named[stem]) for stem in upstream} if step.intensity else None
@@ -137,10 +137,11 @@ def batch_flow(
                         stage, step, PerImage(upstream), storage.join(out, f"{key}.csv"), key,
                         None if intensity is None else PerImage(intensity), submitted=publisher.release,
                     )
+                    seconds = time.perf_counter() - started
                 for stem, error in result.info.get("failed", {}).items():
                     failures[stem] = {"step": key, "error": error}
-                record.add_stage(number, step, result, seconds=time.perf_counter() - started)
-                logger.info("%s: %d images in %.1f s", key, len(upstream), time.perf_counter() - started)
+                record.add_stage(number, step, result, seconds=seconds)
+                logger.info("%s: %d images in %.1f s", key, len(upstream), seconds)
                 continue
             span = image_run(spec.steps, kept_flags, number)
             done_up_to = span[-1]
@@ -148,24 +149,30 @@ def batch_flow(
             names = [link.name for link in links]
             stores = [{stem: storage.join(out, stem, f"{name}.ome.zarr") for stem in upstream} for name in names]
             first_chunks = spec.chunks if all(stored_root(up) is sources[s] for s, up in upstream.items()) else None
+            planned = {stem: stages.chain_fingerprints(links, up) for stem, up in upstream.items()}
             fresh = not all(
                 io.is_complete(stores[index][stem], output)
-                for stem, up in upstream.items() for index, output in enumerate(stages.chain_fingerprints(links, up))
+                for stem, outputs in planned.items() for index, output in enumerate(outputs)
             )
+            # A measure step that reads only these labels is measured by this stage, from the labels in memory.
+            following = spec.steps[done_up_to] if done_up_to < len(spec.steps) else None
+            measure, table = None, None
+            if measures_labels_only(following):
+                measure, table = following, storage.join(out, f"{stage_key(done_up_to + 1, following)}.csv")
+                expected = stages.joined_table_fingerprint(measure, [outputs[-1] for outputs in planned.values()])
+                fresh = fresh or not io.table_is_complete(table, expected)
             stage = batch_image_stage.with_options(**stage_options(results_at, fresh))
             future = stage.submit(tuple(links), PerImage(upstream), tuple(map(PerImage, stores)), "+".join(names),
-                                  first_chunks)
-            following = spec.steps[done_up_to] if done_up_to < len(spec.steps) else None
-            if measures_labels_only(following):  # reads only this stage's results: Dask starts it when this one ends
-                table_key = stage_key(done_up_to + 1, following)
-                tables_ahead[done_up_to + 1] = batch_table_stage.with_options(**stage_options(results_at, True)).submit(
-                    following, future, storage.join(out, f"{table_key}.csv"), table_key)
+                                  first_chunks, measure, table)
             publisher.release()
             chain = future.result()
             cached = future.state.name == "Cached"
             elapsed = time.perf_counter() - started
             per_step = {name: chain.step(name) for name in names}
-            shares = seconds_shares(elapsed, [step_seconds(per_step[name]) for name in names])
+            spent = [step_seconds(per_step[name]) for name in names]
+            shares = seconds_shares(elapsed, spent + ([chain.table.seconds] if measure is not None else []))
+            if measure is not None:
+                measured_ahead[done_up_to + 1] = (replace(chain.table, status="cached") if cached else chain.table, shares[-1])
             for at in span:
                 at_step, at_key = spec.steps[at - 1], stage_key(at, spec.steps[at - 1])
                 if at_key not in per_step:

@@ -3,13 +3,15 @@
 A large-image stage is one task that computes one step's chunk graph on the
 cluster. A batch image stage is one task for a run of image steps over all
 the images, each image taken through those steps whole, on a worker, in one
-call; a batch table stage one task for the table: Prefect's bookkeeping
-stays per stage, never per chunk or per small image.
+call (with the table of a measure step of its labels alone); a batch table
+stage one task for any other table: Prefect's bookkeeping stays per stage,
+never per chunk or per small image.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -46,11 +48,26 @@ def table_stage_key(context, parameters: dict[str, Any]) -> str:
 
 
 def batch_stage_key(context, parameters: dict[str, Any]) -> str:
-    """Cache key of a batch stage: the fingerprints of all its images' outputs (its last step's: they include the others')."""
+    """Cache key of a batch stage: the fingerprints of all its images' outputs (its last step's: they include the others').
+
+    A stage that also measures its labels (``measure``) has that step and
+    its table's path in its key too.
+    """
     links = parameters["links"]
     per_image = [(name, [link.name for link in links], chain_fingerprints(links, up)[-1])
                  for name, up in parameters["upstreams"].items()]
-    return "batch-" + fingerprint(per_image)
+    measure = parameters.get("measure")
+    return "batch-" + fingerprint(per_image, *([] if measure is None else [measure_identity(measure), parameters["table"]]))
+
+
+def measure_identity(params: OpParams) -> dict[str, Any]:
+    """What a measure step's table depends on, besides its labels: its op and parameters, not its name."""
+    return params.model_dump(mode="json", exclude={"name"})
+
+
+def joined_table_fingerprint(params: OpParams, labels: Sequence[str]) -> str:
+    """The fingerprint of the table that ``params`` measures from label stores of these fingerprints, in order."""
+    return fingerprint(*labels, measure_identity(params))
 
 
 def chain_fingerprints(links: Sequence[steps.Link], upstream: Upstream) -> list[str]:
@@ -158,6 +175,8 @@ def batch_image_stage(
     stores: Sequence[Mapping[str, str]],
     key: str,
     chunks: list[int] | None = None,
+    measure: OpParams | None = None,
+    table: str | None = None,
 ) -> ChainResults:
     """Run one or more image steps in a row on every image, in worker tasks of a few images each.
 
@@ -170,22 +189,46 @@ def batch_image_stage(
     just written. ``chunks``: the first link's chunks over the source image
     (default: the image whole).
 
+    ``measure`` and ``table``: the measure step that reads the last link's
+    labels next, and only them, and the table it writes. Each image's labels
+    are then measured in the same call, from memory where they were just
+    written (from the store when it was complete already), and this stage
+    writes the table (:attr:`ChainResults.table`): no stage of its own reads
+    every label store back. An image whose measuring fails is left out of
+    the table and named in its result, as :func:`batch_table_stage` does.
+
     The results come as a :class:`ChainResults`: Prefect walks a task's
     result that is a dict, and a stage that reads this one walks its
     parameters, looking for futures: 0.3-0.4 s each time for 2000 images'
     results.
     """
+    if (measure is None) != (table is None):
+        raise ValueError("a batch image stage measures its labels given both the measure step and its table, not one")
     work = [
-        partial(_run_links, links, upstream, [links_stores[image] for links_stores in stores], chunks)
+        partial(_run_links, links, upstream, [links_stores[image] for links_stores in stores], chunks, measure)
         for image, upstream in upstreams.items()
     ]
-    return ChainResults([link.name for link in links], dict(zip(upstreams, run_in_groups(work))))
+    done = dict(zip(upstreams, run_in_groups(work)))
+    names = [link.name for link in links]
+    chains = ChainResults(names, {image: chain for image, (chain, _) in done.items()})
+    if measure is None:
+        return chains
+    measured = {image: found for image, (_, found) in done.items() if found is not None}
+    spent = sum(seconds for _, seconds in measured.values())
+    tables = {image: columns for image, (columns, _) in measured.items()}
+    return chains.with_table(write_joined_table(measure, label_refs(chains), tables, table, seconds=spent))
 
 
 def _run_links(
-    links: Sequence[steps.Link], upstream: Upstream, stores: list[str], chunks: list[int] | None
-) -> list[StepResult | steps.ImageFailure]:
-    """One image's links, in order, until one fails (its :class:`tasks.steps.ImageFailure` ends the list)."""
+    links: Sequence[steps.Link], upstream: Upstream, stores: list[str], chunks: list[int] | None,
+    measure: OpParams | None = None,
+) -> tuple[list[StepResult | steps.ImageFailure], tuple[dict[str, np.ndarray] | steps.ImageFailure, float] | None]:
+    """One image's links, in order, until one fails (its :class:`tasks.steps.ImageFailure` ends the list).
+
+    With the image's table measured by ``measure`` from the last link's
+    labels, or why it could not be, and the seconds that took; None when
+    not measured (no ``measure``, or a link failed).
+    """
     results: list[StepResult | steps.ImageFailure] = []
     held = None
     for index, (link, store) in enumerate(zip(links, stores)):
@@ -204,7 +247,20 @@ def _run_links(
             results.append(steps.ImageFailure(steps.describe_error(error)))
             break
         results.append(result)
-    return results
+    if measure is None or isinstance(results[-1], steps.ImageFailure):
+        return results, None
+    return results, _measure_labels(measure, results[-1].ref, None if held is None else held.array)
+
+
+def _measure_labels(
+    params: OpParams, labels: ArrayRef, held: np.ndarray | None
+) -> tuple[dict[str, np.ndarray] | steps.ImageFailure, float]:
+    """One image's table (or why there is none) from its labels, held in memory or else read whole; with its seconds."""
+    started = time.perf_counter()
+    found = steps.isolated(
+        steps.measure_columns, params, labels, compute=steps.local_compute, whole=_held_whole(labels), held=held,
+    )
+    return found, time.perf_counter() - started
 
 
 class ChainResults(PerImage):
@@ -212,14 +268,19 @@ class ChainResults(PerImage):
 
     Read as a mapping, it is what a table stage measures: each image's last
     store, or why there is none. :meth:`step` gives one step's results,
-    leaving out the images that failed before it.
+    leaving out the images that failed before it. :attr:`table`: the table
+    the stage measured from its labels, if it did (a :class:`StepResult`
+    whose reference is the written table), else None.
     """
 
-    __slots__ = ("names", "_chains")
+    __slots__ = ("names", "_chains", "table")
 
-    def __init__(self, names: list[str], chains: Mapping[str, list[StepResult | steps.ImageFailure]]) -> None:
+    def __init__(
+        self, names: list[str], chains: Mapping[str, list[StepResult | steps.ImageFailure]], table: StepResult | None = None
+    ) -> None:
         self.names = list(names)
         self._chains = dict(chains)
+        self.table = table
         super().__init__({image: chain[-1] for image, chain in self._chains.items()})  # a chain cut short ends failed
 
     def step(self, name: str) -> dict[str, StepResult | steps.ImageFailure]:
@@ -227,8 +288,12 @@ class ChainResults(PerImage):
         index = self.names.index(name)
         return {image: chain[index] for image, chain in self._chains.items() if len(chain) > index}
 
+    def with_table(self, table: StepResult) -> ChainResults:
+        """The same results, with the table the stage measured from its labels."""
+        return ChainResults(self.names, self._chains, table)
+
     def __repr__(self) -> str:
-        return f"ChainResults({len(self)} images, steps {self.names})"
+        return f"ChainResults({len(self)} images, steps {self.names}{', and a table' if self.table else ''})"
 
 
 #: Fewest batch images whose headers are read on the cluster, a few images per worker task
@@ -254,9 +319,10 @@ def batch_table_stage(
 ) -> StepResult:
     """Measure every image's objects and write one table with an ``image`` column first.
 
-    ``labels``: each image's label store, or the label stage's results (the
-    flow submits this stage with the label stage's future, so that it starts
-    as soon as that one ends); images the label stage failed are left out.
+    ``labels``: each image's label store, or a label stage's results (images
+    it failed are left out). The flow runs this stage for a measure step that
+    needs an intensity image or does not follow its labels; the label stage
+    measures the others itself (:func:`batch_image_stage`).
     """
     labels = label_refs(labels)
     work = [
@@ -266,16 +332,32 @@ def batch_table_stage(
         )
         for image, ref in labels.items()
     ]
-    per_image = dict(zip(labels, run_in_groups(work, most=MAX_LIGHT_GROUP)))
+    return write_joined_table(params, labels, dict(zip(labels, run_in_groups(work, most=MAX_LIGHT_GROUP))), table)
+
+
+def write_joined_table(
+    params: OpParams,
+    labels: Mapping[str, ArrayRef],
+    per_image: Mapping[str, dict[str, np.ndarray] | steps.ImageFailure],
+    table: str,
+    seconds: float = 0.0,
+) -> StepResult:
+    """Write one table of every image's columns, with an ``image`` column first; its result.
+
+    ``per_image``: each image's columns, or why it has none: those images
+    are left out of the table and named in the result's ``failed``. The
+    table is marked with its fingerprint (:func:`joined_table_fingerprint`)
+    when no image failed.
+    """
     failed = {image: r.error for image, r in per_image.items() if isinstance(r, steps.ImageFailure)}
     measured = {image: r for image, r in per_image.items() if image not in failed}
     columns = concatenate_tables(list(measured), list(measured.values()))
-    io.write_table(columns, table)
+    table_fingerprint = joined_table_fingerprint(params, [ref.fingerprint for ref in labels.values()])
+    io.write_table(columns, table, fingerprint=None if failed else table_fingerprint)
     rows = len(columns["image"])
-    parts = [ref.fingerprint for ref in labels.values()] + [params.model_dump(mode="json", exclude={"name"})]
-    ref = TableRef(table, rows, tuple(columns), fingerprint(*parts))
+    ref = TableRef(table, rows, tuple(columns), table_fingerprint)
     info = {"rows": rows, "failed": failed} if failed else {"rows": rows}
-    return StepResult(ref, 0.0, info=info)
+    return StepResult(ref, seconds, info=info)
 
 
 def label_refs(labels: Mapping[str, Any]) -> dict[str, ArrayRef]:

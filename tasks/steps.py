@@ -444,11 +444,15 @@ def measure_columns(
     intensity: Upstream | list[Upstream] | None = None,
     compute=cluster_compute,
     whole: bool = False,
+    held: np.ndarray | None = None,
 ):
     """The measurement table's columns, computed over the label store's chunks.
 
     ``whole``: the labels are read whole into memory and measured there
     (:func:`tasks.lift.measure_whole`; a batch image), not chunk by chunk.
+    ``held``: the store's labels, still in memory where they were just
+    written: measured whole from there, not read back (the store's metadata
+    is still read, once, for its axes and units).
 
     ``intensity``: one image, or a list of images (per-image columns ``-0``, ``-1``, ... in list order).
     One image may have a channel axis (the labels then come from one of its
@@ -477,7 +481,9 @@ def measure_columns(
         intensity_array = [open_lazy(image) for image in intensity]
     else:
         intensity_array = None if intensity is None else _channels_last(intensity)
-    if whole:
+    if held is not None:
+        columns = lift.measure_whole(held, params, intensity=intensity_array)
+    elif whole:
         columns = lift.measure_whole(io.read_ref_whole(labels), params, intensity=intensity_array)
     else:
         columns = lift.measure(io.read_ref(labels), params, intensity=intensity_array, compute=compute)

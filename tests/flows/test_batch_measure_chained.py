@@ -1,12 +1,13 @@
-"""A batch measure step right after the labels: submitted with the label stage's future, started when that one ends.
+"""A batch measure step of the labels alone, right after them: measured by the label stage, from memory.
 
-The measure stage's task run must have the label stage's as its input (Prefect
-records the future it was given); the table must be the one the measure step
-makes from each stored label store (``tasks.steps.measure_columns``),
-physical-unit columns included, and ``regionprops_table``'s; a later run that
-changes only the measure step measures the cached labels again. A measure step
-that needs the intensity image is submitted once the labels are done. Runs on
-the session's Prefect server and Dask cluster (``tests/conftest.py``).
+No measure stage runs (no task run of its own); the table must be the one
+the measure step makes from each stored label store
+(``tasks.steps.measure_columns``), physical-unit columns included, and
+``regionprops_table``'s; a later run that changes only the measure step
+measures the stored labels again, and one that changes nothing takes both
+from the cache. A measure step that needs the intensity image has a stage of
+its own, submitted once the labels are done. Runs on the session's Prefect
+server and Dask cluster (``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -62,11 +63,9 @@ def _run(flow, **parameters) -> tuple[dict, dict]:
     return state.result(), {run["name"]: (run["id"], run["task_inputs"]) for run in runs}
 
 
-def _reads_the_label_stage(task_runs: dict) -> bool:
-    """Whether the measure stage was handed the future of the stage that wrote the labels (with the steps before, if kept)."""
-    label_id, _ = next(run for name, run in task_runs.items() if "03_label" in name.split("+"))
-    _, inputs = task_runs["04_measure"]
-    return [item.get("id") for item in inputs["labels"]] == [label_id]
+def _measured_by_the_label_stage(task_runs: dict) -> bool:
+    """Whether the table was made with the labels (with the steps before, if kept), in no task run of its own."""
+    return "04_measure" not in task_runs and any("03_label" in name.split("+") for name in task_runs)
 
 
 def _rows(table: dict, stem: str) -> dict[str, np.ndarray]:
@@ -74,7 +73,7 @@ def _rows(table: dict, stem: str) -> dict[str, np.ndarray]:
     return {name: column[rows] for name, column in table.items() if name != "image"}
 
 
-def test_the_measure_stage_chained_to_the_labels_measures_the_stores(tmp_path, calibrated_images, dask_cluster):
+def test_the_label_stage_measures_its_labels_as_the_stores_give_them(tmp_path, calibrated_images, dask_cluster):
     from flows import batch_flow
     from flows.runner import make_task_runner
 
@@ -83,7 +82,8 @@ def test_the_measure_stage_chained_to_the_labels_measures_the_stores(tmp_path, c
     first, task_runs = _run(flow, input=str(calibrated_images / "*.tif"), steps=_steps(FIRST), output=str(out),
                             keep=["label"])
     assert first["status"] == "completed"
-    assert _reads_the_label_stage(task_runs)
+    assert _measured_by_the_label_stage(task_runs)
+    assert first["stages"][3]["name"] == "04_measure" and first["stages"][3]["status"] == "computed"
     table = io.read_table(out / "04_measure.csv")
     step = MeasureParams(op="measure", properties=FIRST)
     for stem, (y, x) in SIZES.items():
@@ -105,7 +105,7 @@ def test_the_measure_stage_chained_to_the_labels_measures_the_stores(tmp_path, c
     again, task_runs = _run(flow, input=str(calibrated_images / "*.tif"), steps=_steps(SECOND), output=str(out),
                             keep=["label"])
     assert [s["status"] for s in again["stages"]][2:] == ["cached", "computed"]
-    assert _reads_the_label_stage(task_runs)
+    assert _measured_by_the_label_stage(task_runs)
     table = io.read_table(out / "04_measure.csv")
     assert [name for name in table if not name.startswith(("area_", "centroid_"))] == ["image", *SECOND]
     for stem in SIZES:
@@ -114,6 +114,18 @@ def test_the_measure_stage_chained_to_the_labels_measures_the_stores(tmp_path, c
         mine = _rows(table, stem)
         for name, column in reference.items():
             np.testing.assert_allclose(mine[name], column, rtol=1e-12, err_msg=f"{stem}: {name}")
+
+    # Nothing changes: labels and table come from the cache, the table untouched.
+    written = (out / "04_measure.csv").stat().st_mtime_ns
+    same, _ = _run(flow, input=str(calibrated_images / "*.tif"), steps=_steps(SECOND), output=str(out), keep=["label"])
+    assert [s["status"] for s in same["stages"]][2:] == ["cached", "cached"]
+    assert (out / "04_measure.csv").stat().st_mtime_ns == written
+    # The table lost: it is measured again from the stored labels.
+    (out / "04_measure.csv").unlink()
+    lost, _ = _run(flow, input=str(calibrated_images / "*.tif"), steps=_steps(SECOND), output=str(out), keep=["label"])
+    assert [s["status"] for s in lost["stages"]][2:] == ["cached", "computed"]
+    for name, column in io.read_table(out / "04_measure.csv").items():
+        np.testing.assert_array_equal(column, table[name], err_msg=name)
 
 
 def test_a_measure_step_that_needs_the_intensity_is_left_to_the_measure_stage(tmp_path, calibrated_images, dask_cluster):
@@ -125,7 +137,7 @@ def test_a_measure_step_that_needs_the_intensity_is_left_to_the_measure_stage(tm
     properties = ["label", "area", "intensity_mean"]
     result, task_runs = _run(flow, input=str(calibrated_images / "*.tif"), steps=_steps(properties), output=str(out))
     assert result["status"] == "completed"
-    assert not _reads_the_label_stage(task_runs)
+    assert "04_measure" in task_runs and not _measured_by_the_label_stage(task_runs)
     table = io.read_table(out / "04_measure.csv")
     for stem in SIZES:
         labels = zarr.open_array(str(out / stem / "03_label.ome.zarr"), path="0", mode="r")[...]
