@@ -297,17 +297,24 @@ def remote_cluster_client():
     return client
 
 
+#: Dask priority of the graphs the flow computes for artifacts: above the stages' chunk tasks (0).
+ARTIFACT_PRIORITY = 10
+
+
 def flow_compute():
     """How the flow computes a small graph (a stage's picture): on its tasks' cluster, else as ``compute_on_cluster``.
 
     The task runner's client is not Dask's default client, so the flow names it.
+    The graph goes ahead of the chunk tasks already queued (Dask's
+    ``priority``): a stage's picture is made beside the next stage, and must
+    not wait for that stage's last chunk, nor hold the run's end after it.
     """
     client = task_runner_client()
     if client is None:
         return compute_on_cluster
 
     def compute(*collections):
-        results = client.gather(client.compute(list(collections)))
+        results = client.gather(client.compute(list(collections), priority=ARTIFACT_PRIORITY))
         return results[0] if len(collections) == 1 else tuple(results)
 
     return compute
