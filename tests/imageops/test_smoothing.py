@@ -24,7 +24,7 @@ def _cut(array, axis, before, after):
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """How many times each compiled kernel ran (they still run, unchanged)."""
+    """How many times each compiled kernel ran (they still run, unchanged), and SciPy's filter (``scipy``)."""
     calls = {"_rows": 0, "_lines": 0}
     for name in calls:
         kernel = getattr(smoothing, name)
@@ -34,6 +34,17 @@ def kernel_calls(monkeypatch):
             return _kernel(*args)
 
         monkeypatch.setattr(smoothing, name, counted)
+    calls["scipy"] = 0  # SciPy filtering an image along an axis (not reading off its kernel's weights)
+
+    class CountedScipy:
+        def __getattr__(self, name):
+            return getattr(ndi, name)
+
+        def gaussian_filter1d(self, *args, **kwargs):
+            calls["scipy"] += "axis" in kwargs
+            return ndi.gaussian_filter1d(*args, **kwargs)
+
+    monkeypatch.setattr(smoothing, "ndi", CountedScipy())
     return calls
 
 
@@ -47,10 +58,10 @@ def test_every_axis_of_a_3d_block_equals_scipy_bit_for_bit(dtype, mode, kernel_c
         found = smoothing.filter_along(block, axis, 2.0, truncate=4.0, mode=mode, dtype=out)
         assert found.dtype == out and found.flags.c_contiguous
         np.testing.assert_array_equal(found, _scipy(block, axis, 2.0, mode, out))
-    if mode != "wrap":  # wrap's ends depend on the other end of the line: SciPy does it all
-        assert kernel_calls["_rows"] == 2 and kernel_calls["_lines"] == 1
-    else:
-        assert kernel_calls == {"_rows": 0, "_lines": 0}
+    if mode != "wrap":  # each line's start, middle and end compiled; SciPy not called
+        assert kernel_calls == {"_rows": 6, "_lines": 3, "scipy": 0}
+    else:  # wrap's ends depend on the other end of the line: SciPy does it all
+        assert kernel_calls == {"_rows": 0, "_lines": 0, "scipy": 3}
 
 
 @settings(max_examples=150, deadline=None)
@@ -79,11 +90,11 @@ def test_a_non_contiguous_input_and_a_dtype_not_compiled_for_still_equal_scipy(k
     strided = rng.integers(0, 4000, (40, 60)).astype(np.uint16)[:, ::2]
     np.testing.assert_array_equal(smoothing.filter_along(strided, 0, 1.5, truncate=4.0, mode="reflect", dtype=np.float32),
                                   _scipy(strided, 0, 1.5, "reflect", np.float32))
-    assert kernel_calls["_rows"] == 1
+    assert kernel_calls == {"_rows": 3, "_lines": 0, "scipy": 0}  # the line's start, middle and end
     wide = rng.integers(0, 4000, (40, 30)).astype(np.int64)
     np.testing.assert_array_equal(smoothing.filter_along(wide, 1, 1.5, truncate=4.0, mode="reflect", dtype=np.float64),
                                   _scipy(wide, 1, 1.5, "reflect", np.float64))
-    assert kernel_calls["_lines"] == 0
+    assert kernel_calls == {"_rows": 3, "_lines": 0, "scipy": 1}
 
 
 def test_gaussian_weights_are_scipys_kernel_centre_first():
@@ -105,7 +116,9 @@ def test_whole_batch_image_and_block_with_halo_through_gaussian_inner(kernel_cal
     inner = tuple(slice(b, n - a) for (b, a), n in zip(margins, block.shape))
     np.testing.assert_array_equal(filters.gaussian_inner(block, 2.0, margins),
                                   ndi.gaussian_filter(block.astype(np.float32), 2.0, mode="nearest")[inner])
-    assert kernel_calls["_rows"] == 3 and kernel_calls["_lines"] == 2
+    # The image: each axis's lines in three parts. The block: the middle of every axis, and the ends
+    # that are the image's edges (no margin there): the start of axis 1, the end of axis 2.
+    assert kernel_calls == {"_rows": 3 + 1 + 2, "_lines": 3 + 2, "scipy": 0}
 
 
 def test_warm_up_leaves_the_kernels_compiled_for_the_usual_dtypes():
