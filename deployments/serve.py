@@ -68,7 +68,8 @@ def set_data_roots(roots: list[str]) -> list[Path]:
 
 #: Seconds between the runner's queries for runs to start, unless ``PREFECT_RUNNER_POLL_FREQUENCY`` is set
 #: (Prefect's default is 10 s, and its setting takes whole seconds). A run started from the UI waits half
-#: of it on average before it starts; each query is one small request to the server.
+#: of it on average before it starts; each query is one small request to the server, made less often while a
+#: run is in flight (:mod:`deployments.quiet_queries`).
 QUERY_SECONDS = 0.25
 
 
@@ -93,6 +94,7 @@ def serve(spec_path: str | None = None, *, cron: str | None = None, interval: fl
     from prefect.runner import Runner
 
     from deployments.forked_runs import forked_flow_runs
+    from deployments.quiet_queries import quiet_queries_while_running
 
     set_data_roots(list(data_roots))
     served = served_flows(spec_path, cron=cron, interval=interval)
@@ -101,7 +103,7 @@ def serve(spec_path: str | None = None, *, cron: str | None = None, interval: fl
         runner.add_flow(flow, **settings)
     print("haloflow: deployments served: " + ", ".join(f"{flow.name}/{settings['name']}" for flow, settings in served),
           flush=True)
-    with forked_flow_runs():
+    with forked_flow_runs(), quiet_queries_while_running():
         try:
             asyncio.run(runner.start())
         except (KeyboardInterrupt, TerminationSignal):

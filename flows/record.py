@@ -7,6 +7,7 @@ import platform
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import metadata
 from typing import Any
 
@@ -73,6 +74,15 @@ class OutputError(ValueError):
 
 
 def package_versions() -> dict[str, str]:
+    """The versions of Python and of :data:`PACKAGES` this process runs with (a new dict each call)."""
+    return dict(_package_versions())
+
+
+@lru_cache(maxsize=1)
+def _package_versions() -> dict[str, str]:
+    """Read once per process (16 ms, reading the packages' metadata), or once for all runs forked from a process
+    that read them (:mod:`flows.run_preload`): its modules are already imported, so these are the runs' versions.
+    """
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
         try:

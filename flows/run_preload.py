@@ -9,7 +9,8 @@ anyio's streams, rich's emoji table, the Tornado and metadata modules a Dask
 client needs to connect, and Pillow's plugins for the common formats (a
 thumbnail's first save loads them).
 
-Importing this module imports those: ``haloflow serve``'s fork server
+Importing this module imports those, and reads the packages' versions a
+run records (:func:`flows.record.package_versions`): ``haloflow serve``'s fork server
 preloads it (:mod:`deployments.forked_runs`), so each served run starts
 with them; ``haloflow run`` imports it in the background while the Prefect
 server starts. A module missing from another version of a library is
@@ -19,6 +20,8 @@ skipped: this only saves time.
 from __future__ import annotations
 
 import importlib
+
+from flows.record import package_versions
 
 #: Modules a run imports lazily, first used on its way to its first stage or by its artifacts.
 LAZY_IMPORTS = (
@@ -54,3 +57,4 @@ def _import_lazy_modules() -> list[str]:
 
 
 IMPORTED = _import_lazy_modules()
+package_versions()  # read once here for every run forked from this process (flows.record)

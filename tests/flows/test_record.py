@@ -58,3 +58,19 @@ def test_a_finished_batch_record_hands_prefect_one_object_per_stage(tmp_path):
     assert len(plain) > 50 * 10 and len(visited) < len(plain) / 5  # the entries were not walked
     assert json.loads((tmp_path / "run.json").read_text())["stages"][0]["images"]["img_007"]["status"] == "computed"
     assert dict(pickle.loads(pickle.dumps(images))) == dict(images)  # a served run's result is pickled
+
+
+def test_package_versions_are_read_once_per_process_and_given_as_a_new_dict(monkeypatch):
+    from importlib import metadata
+
+    import flows.record as record
+
+    record._package_versions.cache_clear()
+    read, version = [], metadata.version
+    monkeypatch.setattr(record.metadata, "version", lambda name: read.append(name) or version(name))
+    first = record.package_versions()
+    first["numpy"] = "changed by a caller"
+    second = record.package_versions()
+    assert read == list(record.PACKAGES)  # the metadata read once, not again
+    assert second["numpy"] == version("numpy") and second["python"]
+    record._package_versions.cache_clear()
