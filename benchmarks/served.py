@@ -122,6 +122,7 @@ def served_run(api: str, deployment: dict, parameters: dict, serve_pid: int, int
                 break
             time.sleep(1)
         response.raise_for_status()
+        created = time.time()
         run_id = response.json()["id"]
 
         def final():
@@ -136,6 +137,7 @@ def served_run(api: str, deployment: dict, parameters: dict, serve_pid: int, int
     record = json.loads((Path(parameters["output"]) / "run.json").read_text())
     stages = sum(s["seconds"] for s in record["stages"])
     return {"id": run_id, "wall": end - submitted, "seen_after": seen - submitted, "queued": start - submitted,
+            "create": created - submitted, "submitted": submitted,
             "flow_run": end - start, "stages": stages, "per_stage": {s["name"]: s["seconds"] for s in record["stages"]},
             "objects": next((s["info"]["objects"] for s in record["stages"] if "objects" in (s.get("info") or {})),
                             None),
@@ -233,6 +235,13 @@ def poll_seconds(poll: int | None) -> float:
     return QUERY_SECONDS if poll is None else float(poll)
 
 
+def busy_note(poll: int | None) -> str:
+    """How often haloflow serve's runner queries while a run is in flight, when that is less often than otherwise."""
+    from deployments.quiet_queries import BUSY_QUERY_SECONDS
+
+    return f", every {BUSY_QUERY_SECONDS:g} s while a run is in flight" if poll_seconds(poll) < BUSY_QUERY_SECONDS else ""
+
+
 def build_report(runs: list[dict], sk, table: str, shape, args, command: str, date: str, once=None) -> str:
     wall, flow_run, stages = (med([r[k] for r in runs]) for k in ("wall", "flow_run", "stages"))
     # Each run's own time and share outside its stages, then their medians (the median wall less the median
@@ -242,7 +251,7 @@ def build_report(runs: list[dict], sk, table: str, shape, args, command: str, da
     lines = [f"Run on {date} with:\n\n```bash\n{command}\n```\n",
              f"Volume {'x'.join(map(str, shape))} uint16 (`benchmarks/volume.py`), the pipeline of `pipeline.py`, "
              f"haloflow's default chunks. A local Prefect server and `haloflow serve` (both flows as deployments; its "
-             f"runner queries for new runs every {poll_seconds(args.poll):g} s) were up before the runs; each run is one "
+             f"runner queries for new runs every {poll_seconds(args.poll):g} s{busy_note(args.poll)}) were up before the runs; each run is one "
              f"`create_flow_run` call on the `large-image` deployment, as the UI's Run button makes, after one "
              f"unreported warm-up run on a 16x128x128 volume. The runs compute on the local Dask cluster (two workers) "
              f"that `haloflow serve` started and shares between them. Memory: the served process tree (Prefect "
@@ -251,17 +260,19 @@ def build_report(runs: list[dict], sk, table: str, shape, args, command: str, da
              f"scikit-image ran on the whole volume in a fresh process after the served runs"
              + (", then the block-once variant (`reference.py block-once`: plain Dask, threaded scheduler, in memory, "
                 "each 128x256x256 block labelled once, then a face merge)" if once is not None else "") + ".\n",
-             "| run | wall s (create_flow_run → end) | queued s (→ flow run start) | flow run s | stages s | "
-             "outside the stages s (share of the wall) | peak memory GiB (RSS sum) | CPU s | objects |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| run | wall s (create_flow_run → end) | create_flow_run s (→ its answer) | queued s (→ flow run start) | "
+             "flow run s | stages s | outside the stages s (share of the wall) | peak memory GiB (RSS sum) | CPU s | "
+             "objects |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for i, r in enumerate(runs, 1):
-        lines.append(f"| served #{i} | {r['wall']:.1f} | {r['queued']:.1f} | {r['flow_run']:.1f} | {r['stages']:.1f} | "
+        lines.append(f"| served #{i} | {r['wall']:.1f} | {r['create']:.2f} | {r['queued']:.1f} | {r['flow_run']:.1f} | "
+                     f"{r['stages']:.1f} | "
                      f"{r['wall'] - r['stages']:.1f} ({(r['wall'] - r['stages']) / r['wall']:.0%}) | "
                      f"{r['peak_rss'] / GIB:.2f} | {r['cpu']:.1f} | {r['objects']} |")
-    lines.append(f"| scikit-image / SciPy, whole volume | {sk.wall:.1f} | – | – | – | – | {sk.peak_rss / GIB:.2f} | "
+    lines.append(f"| scikit-image / SciPy, whole volume | {sk.wall:.1f} | – | – | – | – | – | {sk.peak_rss / GIB:.2f} | "
                  f"{sum(sk.extra.get('cpu_s', {}).values()):.1f} | {sk.objects} |")
     if once is not None:
-        lines.append(f"| plain Dask, each block labelled once, in memory | {once.wall:.1f} | – | – | – | – | "
+        lines.append(f"| plain Dask, each block labelled once, in memory | {once.wall:.1f} | – | – | – | – | – | "
                      f"{once.peak_rss / GIB:.2f} | {sum(once.extra.get('cpu_s', {}).values()):.1f} | {once.objects} |")
     lines += ["",
               f"Medians of the served runs: wall {wall:.1f} s = {wall / sk.wall:.2f}× scikit-image's {sk.wall:.1f} s"
