@@ -5,7 +5,9 @@
 the UI starts at once. Each query costs the Prefect server about 15 ms of CPU
 (measured with nothing running: 8.9 % of a core at 4 queries a second, 2.8 %
 at one every 10 s), and while a run is in flight that CPU is taken from its
-stages, which keep every core busy.
+stages, which keep every core busy. In six served runs of the 256x1024x1024
+pipeline each way, the server used 2.8 CPU s a run with the queries made
+fewer, 4.0 s without.
 
 :func:`quiet_queries_while_running` makes the runner skip its queries while
 a run it started is still going, except one every :data:`BUSY_QUERY_SECONDS`:
