@@ -31,8 +31,9 @@ def quiet_queries_while_running(busy_seconds: float = BUSY_QUERY_SECONDS,
                                 clock: Callable[[], float] = time.monotonic) -> Iterator[bool]:
     """Within the block, Prefect runners query at most every ``busy_seconds`` while a run they started is in flight.
 
-    Yields whether the runner could be changed (Prefect's poller has the
-    method and the set of runs in flight this relies on).
+    Yields whether Prefect's poller could be changed (it has the method).
+    A poller without the set of runs in flight this reads
+    (``_submitting_flow_run_ids``) makes every query, as before.
     """
     try:
         from prefect.runner._scheduled_run_poller import ScheduledRunPoller
