@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 
+from flows.prefect_settings import reuse_prefect_settings
 from flows.record import package_versions
 
 #: Modules a run imports lazily, first used on its way to its first stage or by its artifacts.
@@ -58,3 +59,4 @@ def _import_lazy_modules() -> list[str]:
 
 IMPORTED = _import_lazy_modules()
 package_versions()  # read once here for every run forked from this process (flows.record)
+reuse_prefect_settings()  # a stage's submission serializes the run's settings once, not once per stage

@@ -21,6 +21,7 @@ import ctypes.util
 
 import dask
 
+from flows.prefect_settings import reuse_prefect_settings
 from flows.runner import prepare_worker_code
 
 # Prefect's task engine, the stage tasks (the ops, SciPy, scikit-image, zarr) and the compiled smoothing and histogram
@@ -101,3 +102,4 @@ def dask_setup(worker) -> None:
 tune_malloc()
 dask.config.set(QUIET)
 refresh_prefect_settings()
+reuse_prefect_settings()  # each task's settings built once per run, not once per task
