@@ -2,8 +2,10 @@
 
 # No ``from __future__ import annotations`` here: a served run gets its flow pickled by value, and the
 # parameters' annotations must travel as objects, not as names only this module's globals resolve.
+import contextvars
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -46,9 +48,10 @@ def large_image_flow(
     source = input_with_axes(spec, io.resolve_input(spec.to_input()))
     check_chunks(spec.chunks, source.shape)
     out = prepare_output(spec.output, spec.input)
+    saving = in_background(result_storage, out)  # Prefect's API calls, while the cluster is reached
     check_cluster_reach(spec, out)
     record = RunRecord.start(spec, out, source=source)
-    results_at = result_storage(out)
+    results_at = saving.result()
     logger = get_run_logger()
     images: dict[str, Any] = {"input": source}
     upstream: Any = source
@@ -98,6 +101,7 @@ def batch_flow(
     check_data_roots(spec)
     paths = io.list_batch_images(spec.input)
     out = prepare_output(spec.output, spec.input)
+    saving = in_background(result_storage, out)  # Prefect's API calls, while the cluster and the headers are read
     check_cluster_reach(spec, out)
     failures: dict[str, dict[str, str]] = {}
     sources: dict[str, Any] = {}
@@ -109,7 +113,7 @@ def batch_flow(
         except (io.InputError, SpecError) as error:  # one unreadable image must not stop the others
             failures[stem] = {"step": "read", "error": str(error)}
     record = RunRecord.start(spec, out, images=list(sources) + list(failures), failed=failures)
-    results_at = result_storage(out)
+    results_at = saving.result()
     logger = get_run_logger()
     images: dict[str, dict[str, Any]] = {"input": dict(sources)}
     upstream: dict[str, Any] = dict(sources)
@@ -351,6 +355,18 @@ def result_storage(out: str):
     block = RemoteFileSystem(basepath=basepath) if storage.is_url(basepath) else LocalFileSystem(basepath=basepath)
     block.save(name, overwrite=True)
     return block
+
+
+def in_background(function: Callable[..., Any], *args: Any) -> Future:
+    """``function(*args)`` started in a thread of its own, in this context (the flow run's, its settings); its future.
+
+    The thread ends with the call: nothing waits for it unless the future is asked.
+    """
+    pool = ThreadPoolExecutor(1, thread_name_prefix=f"haloflow-{function.__name__}")
+    try:
+        return pool.submit(contextvars.copy_context().run, function, *args)
+    finally:
+        pool.shutdown(wait=False)
 
 
 class StageChain:
