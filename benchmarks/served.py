@@ -115,11 +115,13 @@ def served_run(api: str, deployment: dict, parameters: dict, serve_pid: int, int
     """One flow run of the deployment, measured from the create_flow_run call to its end."""
     with TreeSampler(serve_pid, interval) as sampler:
         submitted = time.time()
-        for _ in range(5):  # a 5xx (the server's SQLite busy just after start-up) is tried again
+        refused = 0
+        for _ in range(5):  # a 5xx (SQLite "database is locked") is tried again a second later, as a person would
             response = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run",
                                   json={"parameters": parameters}, timeout=30)
             if response.status_code < 500:
                 break
+            refused += 1
             time.sleep(1)
         response.raise_for_status()
         created = time.time()
@@ -137,7 +139,7 @@ def served_run(api: str, deployment: dict, parameters: dict, serve_pid: int, int
     record = json.loads((Path(parameters["output"]) / "run.json").read_text())
     stages = sum(s["seconds"] for s in record["stages"])
     return {"id": run_id, "wall": end - submitted, "seen_after": seen - submitted, "queued": start - submitted,
-            "create": created - submitted, "submitted": submitted,
+            "create": created - submitted, "refused": refused, "submitted": submitted,
             "flow_run": end - start, "stages": stages, "per_stage": {s["name"]: s["seconds"] for s in record["stages"]},
             "objects": next((s["info"]["objects"] for s in record["stages"] if "objects" in (s.get("info") or {})),
                             None),
@@ -167,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--runs", type=int, default=2, help="measured served runs (default 2); one warm-up first")
     parser.add_argument("--poll", type=int, default=None,
-                        help="PREFECT_RUNNER_POLL_FREQUENCY of the serve process, whole seconds (default: none set, "
-                             "so haloflow serve's runner queries every deployments.serve.QUERY_SECONDS)")
+                        help="PREFECT_RUNNER_POLL_FREQUENCY of the serve process, whole seconds (default: Prefect's); "
+                             "its runner also queries on each new run's event (deployments.run_events)")
     parser.add_argument("--no-block-once", dest="block_once", action="store_false",
                         help="skip the plain-Dask variant that labels each block once")
     parser.add_argument("--interval-ms", type=float, default=100.0)
@@ -229,17 +231,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def poll_seconds(poll: int | None) -> float:
-    """The served runner's interval between queries for new runs."""
-    from deployments.serve import QUERY_SECONDS
+    """The served runner's interval between its periodic queries for new runs: ``--poll``, or Prefect's setting."""
+    from prefect.settings import PREFECT_RUNNER_POLL_FREQUENCY
 
-    return QUERY_SECONDS if poll is None else float(poll)
-
-
-def busy_note(poll: int | None) -> str:
-    """How often haloflow serve's runner queries while a run is in flight, when that is less often than otherwise."""
-    from deployments.quiet_queries import BUSY_QUERY_SECONDS
-
-    return f", every {BUSY_QUERY_SECONDS:g} s while a run is in flight" if poll_seconds(poll) < BUSY_QUERY_SECONDS else ""
+    return float(PREFECT_RUNNER_POLL_FREQUENCY.value()) if poll is None else float(poll)
 
 
 def build_report(runs: list[dict], sk, table: str, shape, args, command: str, date: str, once=None) -> str:
@@ -251,7 +246,7 @@ def build_report(runs: list[dict], sk, table: str, shape, args, command: str, da
     lines = [f"Run on {date} with:\n\n```bash\n{command}\n```\n",
              f"Volume {'x'.join(map(str, shape))} uint16 (`benchmarks/volume.py`), the pipeline of `pipeline.py`, "
              f"haloflow's default chunks. A local Prefect server and `haloflow serve` (both flows as deployments; its "
-             f"runner queries for new runs every {poll_seconds(args.poll):g} s{busy_note(args.poll)}) were up before the runs; each run is one "
+             f"runner queries for new runs on the server's event for each, and every {poll_seconds(args.poll):g} s) were up before the runs; each run is one "
              f"`create_flow_run` call on the `large-image` deployment, as the UI's Run button makes, after one "
              f"unreported warm-up run on a 16x128x128 volume. The runs compute on the local Dask cluster (two workers) "
              f"that `haloflow serve` started and shares between them. Memory: the served process tree (Prefect "
@@ -265,8 +260,9 @@ def build_report(runs: list[dict], sk, table: str, shape, args, command: str, da
              "objects |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for i, r in enumerate(runs, 1):
-        lines.append(f"| served #{i} | {r['wall']:.1f} | {r['create']:.2f} | {r['queued']:.1f} | {r['flow_run']:.1f} | "
-                     f"{r['stages']:.1f} | "
+        refused = f" (after {r['refused']} × 503)" if r.get("refused") else ""
+        lines.append(f"| served #{i} | {r['wall']:.1f} | {r['create']:.2f}{refused} | {r['queued']:.1f} | "
+                     f"{r['flow_run']:.1f} | {r['stages']:.1f} | "
                      f"{r['wall'] - r['stages']:.1f} ({(r['wall'] - r['stages']) / r['wall']:.0%}) | "
                      f"{r['peak_rss'] / GIB:.2f} | {r['cpu']:.1f} | {r['objects']} |")
     lines.append(f"| scikit-image / SciPy, whole volume | {sk.wall:.1f} | – | – | – | – | – | {sk.peak_rss / GIB:.2f} | "
@@ -279,8 +275,8 @@ def build_report(runs: list[dict], sk, table: str, shape, args, command: str, da
               + (f" and {wall / once.wall:.2f}× the block-once variant's {once.wall:.1f} s" if once is not None else "")
               + "; "
               f"flow run {flow_run:.1f} s; stages {stages:.1f} s; outside the stages {rest:.1f} s "
-              f"({share:.0%} of the wall, medians of each run's own: the runner's poll, the flow-run process start, "
-              f"Prefect's task orchestration). Per stage (last run): "
+              f"({share:.0%} of the wall, medians of each run's own: the server's answer, the runner starting the "
+              f"flow-run process, Prefect's task orchestration). Per stage (last run): "
               + ", ".join(f"{k} {v:.1f}" for k, v in runs[-1]["per_stage"].items()) + " s.",
               "",
               f"Checks: every served run completed; objects {sorted({r['objects'] for r in runs})}, scikit-image "

@@ -66,18 +66,6 @@ def set_data_roots(roots: list[str]) -> list[Path]:
     return resolved
 
 
-#: Seconds between the runner's queries for runs to start, unless ``PREFECT_RUNNER_POLL_FREQUENCY`` is set
-#: (Prefect's default is 10 s, and its setting takes whole seconds). A run started from the UI waits half
-#: of it on average before it starts; each query is one small request to the server, made less often while a
-#: run is in flight (:mod:`deployments.quiet_queries`).
-QUERY_SECONDS = 0.25
-
-
-def query_seconds(environ=os.environ) -> float | None:
-    """The runner's query interval: :data:`QUERY_SECONDS`, or ``None`` (Prefect's setting) when the environment sets one."""
-    return None if environ.get("PREFECT_RUNNER_POLL_FREQUENCY") else QUERY_SECONDS
-
-
 def serve(spec_path: str | None = None, *, cron: str | None = None, interval: float | None = None,
           data_roots: list[str] = (), limit: int | None = None) -> None:
     """Serve the deployments until interrupted.
@@ -94,16 +82,18 @@ def serve(spec_path: str | None = None, *, cron: str | None = None, interval: fl
     from prefect.runner import Runner
 
     from deployments.forked_runs import forked_flow_runs
-    from deployments.quiet_queries import quiet_queries_while_running
+    from deployments.run_events import start_runs_on_events
+    from flows.prefect_settings import reuse_prefect_settings
 
     set_data_roots(list(data_roots))
+    reuse_prefect_settings()  # each run's start serializes this process's settings once, not once per run
     served = served_flows(spec_path, cron=cron, interval=interval)
-    runner = Runner(pause_on_shutdown=True, limit=limit, query_seconds=query_seconds())
+    runner = Runner(pause_on_shutdown=True, limit=limit)  # queries at Prefect's interval, and on each new run
     for flow, settings in served:
         runner.add_flow(flow, **settings)
     print("haloflow: deployments served: " + ", ".join(f"{flow.name}/{settings['name']}" for flow, settings in served),
           flush=True)
-    with forked_flow_runs(), quiet_queries_while_running():
+    with forked_flow_runs(), start_runs_on_events():
         try:
             asyncio.run(runner.start())
         except (KeyboardInterrupt, TerminationSignal):

@@ -41,11 +41,15 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
 class Served:
     """A ``haloflow serve`` process and the REST calls a UI would make."""
 
-    def __init__(self, api: str, args: list[str], cluster: str | None, cwd: Path):
-        """``cluster``: the Dask scheduler the runs compute on, or None for the cluster ``haloflow serve`` starts."""
+    def __init__(self, api: str, args: list[str], cluster: str | None, cwd: Path, environment: dict | None = None):
+        """``cluster``: the Dask scheduler the runs compute on, or None for the cluster ``haloflow serve`` starts.
+
+        ``environment``: variables set for the process on top of this one's.
+        """
         env = {key: value for key, value in os.environ.items()
                if key not in ("PREFECT_RUNNER_POLL_FREQUENCY", "HALOFLOW_CLUSTER")}
-        env["PREFECT_API_URL"] = api  # the runner queries for runs every QUERY_SECONDS, as served
+        env["PREFECT_API_URL"] = api
+        env.update(environment or {})
         if cluster is not None:
             env["HALOFLOW_CLUSTER"] = cluster
         self.api = api
@@ -135,14 +139,15 @@ def serve(prefect_api_url, dask_cluster, tmp_path):
     ``start(*args, server=S)``: against the Prefect server ``S`` instead, on
     the Dask cluster that ``haloflow serve`` starts itself (the session's
     workers send their task runs' events to the session's server).
+    ``environment=``: variables for the process (:class:`Served`).
     """
     started = []
 
-    def start(*args: str, server=None) -> Served:
+    def start(*args: str, server=None, environment: dict | None = None) -> Served:
         if server is None:
-            served = Served(prefect_api_url, list(args), dask_cluster, tmp_path)
+            served = Served(prefect_api_url, list(args), dask_cluster, tmp_path, environment)
         else:
-            served = Served(server.api_url, list(args), None, tmp_path)
+            served = Served(server.api_url, list(args), None, tmp_path, environment)
         started.append(served)
         return served
 

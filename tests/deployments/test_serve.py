@@ -35,10 +35,12 @@ def artifact_keys(api: str, flow_run_id: str) -> set[str]:
 
 
 def test_ui_run_button_on_served_deployment(serve, tmp_path, ui_prefect_server):
+    """Each run starts from the server's event for it: the runner's own queries are 10 minutes apart here."""
     data = tmp_path / "data"
     data.mkdir()
     tifffile.imwrite(data / "volume.tif", demo_volume((16, 48, 40), n_objects=15, seed=2))
-    served = serve("--data-root", str(data), server=ui_prefect_server)
+    served = serve("--data-root", str(data), server=ui_prefect_server,
+                   environment={"PREFECT_RUNNER_POLL_FREQUENCY": "600"})
     deployment = served.deployment("large-image", "large-image")
     served.deployment("batch", "batch")
     out = data / "out"
@@ -196,13 +198,15 @@ def test_a_run_cancelled_from_the_ui_stops_its_chunk_tasks_on_the_shared_cluster
     assert not io.is_complete(out / "01_median.ome.zarr")
 
 
-def test_the_runner_queries_for_runs_every_quarter_second_unless_prefect_is_told_otherwise(monkeypatch):
-    """A run started from the UI waits for the runner's next query; Prefect's setting, when set, is kept."""
+def test_the_runner_queries_at_prefects_interval_and_listens_for_new_runs_while_serving(monkeypatch):
+    """Prefect's own query interval (``PREFECT_RUNNER_POLL_FREQUENCY``); its poller listens while the runner runs."""
     import prefect.runner
+    from prefect.runner._scheduled_run_poller import ScheduledRunPoller
 
     import deployments.serve as serving
 
-    made = []
+    own = ScheduledRunPoller.run
+    made, listening = [], []
 
     class Runner:
         def __init__(self, **kwargs):
@@ -212,11 +216,9 @@ def test_the_runner_queries_for_runs_every_quarter_second_unless_prefect_is_told
             pass
 
         async def start(self):
-            pass
+            listening.append(ScheduledRunPoller.run is not own)
 
     monkeypatch.setattr(prefect.runner, "Runner", Runner)
-    monkeypatch.delenv("PREFECT_RUNNER_POLL_FREQUENCY", raising=False)
     serving.serve()
-    monkeypatch.setenv("PREFECT_RUNNER_POLL_FREQUENCY", "5")
-    serving.serve()
-    assert [m["query_seconds"] for m in made] == [serving.QUERY_SECONDS, None] and serving.QUERY_SECONDS == 0.25
+    assert "query_seconds" not in made[0] and listening == [True]
+    assert ScheduledRunPoller.run is own

@@ -416,7 +416,7 @@ def test_serve_sets_its_defaults_unless_the_environment_has_them(monkeypatch, da
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "false")  # the user's choice
     assert cli_main(["serve"]) == 0
     assert seen["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"] == cli.SERVE_DEFAULTS["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"]
-    assert "PREFECT_RUNNER_POLL_FREQUENCY" not in seen  # the runner's interval is given to it (QUERY_SECONDS)
+    assert "PREFECT_RUNNER_POLL_FREQUENCY" not in seen  # the user's, or Prefect's default
     assert seen["PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED"] == "false"
     assert seen[CLUSTER_ENV_VAR] == dask_cluster
     assert f"runs go to the Dask cluster at {dask_cluster}" in capsys.readouterr().out
