@@ -246,7 +246,8 @@ def build_report(runs: list[dict], sk, table: str, shape, args, command: str, da
     lines = [f"Run on {date} with:\n\n```bash\n{command}\n```\n",
              f"Volume {'x'.join(map(str, shape))} uint16 (`benchmarks/volume.py`), the pipeline of `pipeline.py`, "
              f"haloflow's default chunks. A local Prefect server and `haloflow serve` (both flows as deployments; its "
-             f"runner queries for new runs on the server's event for each, and every {poll_seconds(args.poll):g} s) were up before the runs; each run is one "
+             f"runner queries for new runs on the server's event for each, and every {poll_seconds(args.poll):g} s) "
+             f"were up before the runs; each run is one "
              f"`create_flow_run` call on the `large-image` deployment, as the UI's Run button makes, after one "
              f"unreported warm-up run on a 16x128x128 volume. The runs compute on the local Dask cluster (two workers) "
              f"that `haloflow serve` started and shares between them. Memory: the served process tree (Prefect "
